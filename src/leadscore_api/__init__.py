@@ -1,0 +1,3 @@
+"""leadscore: lead scoring for small and medium businesses."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Ingestion: the canonical event model and the platform adapters that produce it."""

@@ -1,0 +1,104 @@
+"""The canonical event every source is turned into before it reaches the scoring core."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Types the bundled rulesets know. Others are accepted, stored, and score nothing.
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        "form.submitted",
+        "page.viewed",
+        "email.delivered",
+        "email.opened",
+        "email.clicked",
+        "email.bounced",
+        "email.unsubscribed",
+        "email.spam_reported",
+        "content.downloaded",
+        "newsletter.subscribed",
+        "webinar.registered",
+        "webinar.attended",
+        "demo.requested",
+        "contact.requested",
+        "social.engaged",
+        "lead.contacted",
+        "lead.accepted",
+        "opportunity.created",
+        "deal.won",
+        "deal.lost",
+    }
+)
+
+
+def normalise_email(email: str) -> str:
+    """Identity key for an email: trimmed and lower-cased (local parts are case-insensitive in practice)."""
+    return email.strip().lower()
+
+
+class LeadRef(BaseModel):
+    """Who the event is about: an email, a CRM id, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = Field(default=None, max_length=320, examples=["anna.rossi@metalpro.it"])
+    external_id: str | None = Field(default=None, max_length=200, examples=["crm-4711"])
+
+    @field_validator("email")
+    @classmethod
+    def _email_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = normalise_email(value)
+        local, sep, domain = value.partition("@")
+        if not sep or not local or "." not in domain or " " in value:
+            raise ValueError("is not an email address")
+        return value
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> LeadRef:
+        if self.email is None and self.external_id is None:
+            raise ValueError("needs an email or an external_id")
+        return self
+
+
+class CanonicalEvent(BaseModel):
+    """One thing a lead did, or one thing that happened to a lead, from any source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200, description="Idempotency key: the same id is applied once.")
+    type: str = Field(min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
+    occurred_at: datetime = Field(description="RFC 3339 with a zone.")
+    lead: LeadRef
+    source: str | None = Field(default=None, max_length=100)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    raw: Any = Field(default=None, description="The platform's own payload, kept for audit.")
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("must include a time zone (RFC 3339), e.g. 2026-11-20T10:00:00Z")
+        return value.astimezone(UTC)
+
+    @property
+    def known_type(self) -> bool:
+        return self.type in KNOWN_EVENT_TYPES
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[dict[str, Any]]

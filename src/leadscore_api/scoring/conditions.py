@@ -1,0 +1,239 @@
+"""Conditions compiled to plain Python callables, so the hot path never touches Pydantic.
+
+A compiled condition is a pair of functions over a context: ``test`` answers, ``describe``
+says in words why (used only when a stage is reached or an explanation is asked for).
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from leadscore_api.scoring.durations import parse_duration
+from leadscore_api.scoring.model import (
+    AllCondition,
+    AnyCondition,
+    AtLeastCondition,
+    ComponentCondition,
+    EventCondition,
+    FieldCondition,
+    LetterCondition,
+    NotCondition,
+    Operators,
+    PropertyCondition,
+    ScoreCondition,
+    TierCondition,
+)
+
+Predicate = Callable[[Any], bool]
+
+
+@dataclass
+class Context:
+    """What a condition may look at; only the parts the caller has are filled in."""
+
+    attributes: Mapping[str, Any]
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    letter: str | None = None
+    tier: str | None = None
+    components: Mapping[str, float] = field(default_factory=dict)
+    counts: Any = None  # LeadState-like: .event_count(index, now)
+    now: float = 0.0
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip().casefold()
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip().replace(",", "."))
+        except ValueError:
+            return None
+    return None
+
+
+def compile_operators(ops: Operators) -> tuple[Predicate, str]:
+    """A predicate over one value, and the operators in words."""
+    checks: list[Predicate] = []
+    words: list[str] = []
+    missing_ok = False
+    if ops.eq is not None:
+        target = _norm(ops.eq)
+        checks.append(lambda v: _norm(v) == target)
+        words.append(f"= {ops.eq!r}")
+    if ops.ne is not None:
+        target_ne = _norm(ops.ne)
+        checks.append(lambda v: _norm(v) != target_ne)
+        words.append(f"≠ {ops.ne!r}")
+        missing_ok = True
+    if ops.in_ is not None:
+        allowed = frozenset(_norm(v) for v in ops.in_)
+        checks.append(lambda v: _norm(v) in allowed)
+        words.append(f"in {list(ops.in_)}")
+    if ops.not_in is not None:
+        barred = frozenset(_norm(v) for v in ops.not_in)
+        checks.append(lambda v: _norm(v) not in barred)
+        words.append(f"not in {list(ops.not_in)}")
+        missing_ok = True
+    for name, symbol, compare in (
+        ("gt", ">", lambda a, b: a > b),
+        ("gte", "≥", lambda a, b: a >= b),
+        ("lt", "<", lambda a, b: a < b),
+        ("lte", "≤", lambda a, b: a <= b),
+    ):
+        bound = getattr(ops, name)
+        if bound is not None:
+            checks.append(_numeric(compare, float(bound)))
+            words.append(f"{symbol} {bound:g}")
+    if ops.between is not None:
+        low, high = ops.between
+        checks.append(_numeric(lambda a, b: low <= a <= high, 0.0))
+        words.append(f"between {low:g} and {high:g}")
+    if ops.matches is not None:
+        pattern = re.compile(ops.matches, re.IGNORECASE)
+        checks.append(lambda v: pattern.search(str(v)) is not None)
+        words.append(f"matches /{ops.matches}/")
+    exists = ops.exists
+    if exists is not None:
+        words.append("is present" if exists else "is absent")
+
+    only_negative = missing_ok and ops.eq is None and ops.in_ is None
+
+    def single(value: Any) -> bool:
+        return all(check(value) for check in checks)
+
+    def predicate(value: Any) -> bool:
+        present = value is not None and value != "" and value != []
+        if exists is not None and present != exists:
+            return False
+        if not checks:
+            return True
+        if not present:
+            return missing_ok
+        if isinstance(value, list | tuple | set):
+            if only_negative:
+                return all(single(item) for item in value)
+            return any(single(item) for item in value)
+        return single(value)
+
+    return predicate, " and ".join(words)
+
+
+def _numeric(compare: Callable[[float, float], bool], bound: float) -> Predicate:
+    def check(value: Any) -> bool:
+        number = _number(value)
+        return number is not None and compare(number, bound)
+
+    return check
+
+
+@dataclass
+class CountSpec:
+    """An event condition's counter, kept in the lead state under ``index``."""
+
+    index: int
+    types: frozenset[str]
+    where: Compiled | None
+    within: float | None
+    distinct: str | None
+
+
+@dataclass
+class Compiled:
+    test: Callable[[Context], bool]
+    describe: Callable[[Context], str]
+
+
+def compile_condition(condition: Any, counts: list[CountSpec]) -> Compiled:
+    """Compile a condition model; event conditions register a counter in ``counts``."""
+    if isinstance(condition, AllCondition):
+        parts = [compile_condition(c, counts) for c in condition.all]
+        return Compiled(
+            lambda ctx: all(p.test(ctx) for p in parts),
+            lambda ctx: "all of (" + "; ".join(p.describe(ctx) for p in parts) + ")",
+        )
+    if isinstance(condition, AnyCondition):
+        parts = [compile_condition(c, counts) for c in condition.any]
+        return Compiled(
+            lambda ctx: any(p.test(ctx) for p in parts),
+            lambda ctx: "any of (" + "; ".join(p.describe(ctx) for p in parts) + ")",
+        )
+    if isinstance(condition, NotCondition):
+        inner = compile_condition(condition.not_, counts)
+        return Compiled(lambda ctx: not inner.test(ctx), lambda ctx: f"not ({inner.describe(ctx)})")
+    if isinstance(condition, AtLeastCondition):
+        parts = [compile_condition(c, counts) for c in condition.of]
+        needed = condition.at_least
+
+        def at_least(ctx: Context) -> bool:
+            held = 0
+            for part in parts:
+                if part.test(ctx):
+                    held += 1
+                    if held >= needed:
+                        return True
+            return False
+
+        def describe_at_least(ctx: Context) -> str:
+            held = [p.describe(ctx) for p in parts if p.test(ctx)]
+            return f"{len(held)} of {len(parts)} criteria hold (need {needed}): " + "; ".join(held)
+
+        return Compiled(at_least, describe_at_least)
+    if isinstance(condition, FieldCondition):
+        return _leaf(condition, lambda ctx, name=condition.field: ctx.attributes.get(name), condition.field)
+    if isinstance(condition, PropertyCondition):
+        return _leaf(condition, lambda ctx, name=condition.property: ctx.properties.get(name), f"event {condition.property}")
+    if isinstance(condition, ComponentCondition):
+        return _leaf(condition, lambda ctx, name=condition.component: ctx.components.get(name, 0.0), condition.component)
+    if isinstance(condition, ScoreCondition):
+        return _leaf(condition.score, lambda ctx: ctx.score, "score")
+    if isinstance(condition, LetterCondition):
+        return _leaf(condition.letter, lambda ctx: ctx.letter, "letter")
+    if isinstance(condition, TierCondition):
+        return _leaf(condition.tier, lambda ctx: ctx.tier, "tier")
+    if isinstance(condition, EventCondition):
+        types = frozenset([condition.event] if isinstance(condition.event, str) else condition.event)
+        where = compile_condition(condition.where, counts) if condition.where is not None else None
+        within = parse_duration(condition.within).seconds if condition.within is not None else None
+        spec = CountSpec(len(counts), types, where, within, condition.distinct)
+        counts.append(spec)
+        count_ok, count_words = compile_operators(condition.count)
+        label = "/".join(sorted(types)) + (f" ({where.describe(Context({}))})" if where else "")
+        label += f" distinct {condition.distinct}" if condition.distinct else ""
+        label += f" within {condition.within}" if condition.within else ""
+        return Compiled(
+            lambda ctx: count_ok(ctx.counts.event_count(spec, ctx.now)),
+            lambda ctx: f"{label}: {ctx.counts.event_count(spec, ctx.now)} {count_words}",
+        )
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def _leaf(ops: Operators, get: Callable[[Context], Any], name: str) -> Compiled:
+    predicate, words = compile_operators(ops)
+    return Compiled(
+        lambda ctx: predicate(get(ctx)),
+        lambda ctx: f"{name} {_show(get(ctx))} {words}",
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def count_in_window(times: list[float], now: float, within: float) -> int:
+    """How many sorted ``times`` fall in (now - within, now]."""
+    return bisect_right(times, now) - bisect_right(times, now - within)

@@ -1,0 +1,765 @@
+"""The pure scoring engine: a ruleset compiled once, applied to per-lead state event by event.
+
+Semantics that every replica, re-score and backtest must share (design §3):
+
+* Events are applied in (occurred_at, id) order. The incremental path (:meth:`Scorer.apply`)
+  only accepts an event that sorts after the last one applied; anything earlier raises
+  :class:`OutOfOrderEvent` and the caller replays the lead's history (:meth:`Scorer.replay`),
+  which runs the very same steps, so the two paths agree by construction and arrival order
+  never changes the result.
+* A limit keeps the first N matching events of each calendar-aligned window.
+* Behaviour points decay as p · 2^(−age / half_life), or vanish after ``expire_after``.
+* A component is clamped to [0, max] and is 0 while its gate does not hold; the score is the
+  clamped sum, rounded half up.
+* Stages are checked at each event's time and are sticky unless marked ``demote``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from leadscore_api.scoring.conditions import Compiled, Context, CountSpec, compile_condition, count_in_window
+from leadscore_api.scoring.durations import BusinessCalendar, Duration, parse_duration
+from leadscore_api.scoring.model import LETTERS, Ruleset
+
+_LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringEvent:
+    """An event as the core sees it: no lead identity, no source, no raw payload."""
+
+    id: str
+    type: str
+    occurred_at: datetime
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class OutOfOrderEvent(Exception):
+    """The event sorts at or before the last applied one: replay the lead's history instead."""
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled ruleset
+
+
+@dataclass
+class _Action:
+    index: int
+    component: int
+    id: str
+    points: float
+    when: Compiled | None
+    limit_count: int | None
+    window: tuple[str, float] | None  # ("day", days) | ("week", weeks) | ("sec", seconds) | None = lifetime
+
+
+@dataclass
+class _Criterion:
+    id: str
+    points: float
+    when: Compiled
+
+
+@dataclass
+class _Component:
+    index: int
+    name: str
+    max: float
+    criteria: list[_Criterion]
+    actions: list[_Action]
+    requires: Compiled | None
+    half_life: float | None
+    expire_after: float | None
+    decay_text: str | None
+
+
+@dataclass
+class _Stage:
+    name: str
+    when: Compiled
+    demote: bool
+
+
+@dataclass
+class _Sla:
+    id: str
+    stage: str
+    within: Duration
+    met_by: frozenset[str]
+
+
+class LeadState:
+    """What the engine keeps per lead between events. Small, and JSON-serialisable."""
+
+    __slots__ = (
+        "_crit",
+        "actions",
+        "attributes",
+        "comp_values",
+        "counts",
+        "last_id",
+        "last_ts",
+        "letter",
+        "live",
+        "n_events",
+        "sla_met",
+        "stages",
+        "tier",
+        "tier_since",
+    )
+
+    def __init__(self, n_actions: int, n_components: int, n_counts: int) -> None:
+        self.attributes: dict[str, Any] = {}
+        self.last_ts: float | None = None
+        self.last_id: str | None = None
+        # per action: [value at t_ref, t_ref, counted, limited, window key, count in window]
+        self.actions: list[list[Any]] = [[0.0, 0.0, 0, 0, None, 0] for _ in range(n_actions)]
+        # per component: [value at t_ref, t_ref] of its actions' points (decay applied lazily)
+        self.comp_values: list[list[float]] = [[0.0, 0.0] for _ in range(n_components)]
+        # contributions still alive, per action, for expire_after components
+        self.live: dict[int, list[list[float]]] = {}
+        self.counts: list[list[Any]] = [[] for _ in range(n_counts)]
+        self.stages: dict[str, dict[str, Any]] = {}
+        self.tier: str | None = None
+        self.tier_since: float | None = None
+        self.letter: str | None = None
+        self.sla_met: dict[str, float] = {}
+        self.n_events = 0
+        self._crit: list[float] | None = None
+
+    @property
+    def last_key(self) -> tuple[float, str] | None:
+        if self.last_ts is None or self.last_id is None:
+            return None
+        return (self.last_ts, self.last_id)
+
+    def event_count(self, spec: CountSpec, now: float) -> int:
+        entries = self.counts[spec.index]
+        if spec.distinct is not None:
+            return len({value for ts, value in entries if ts <= now and (spec.within is None or ts > now - spec.within)})
+        if spec.within is None:
+            return len(entries) if not entries or entries[-1] <= now else sum(1 for ts in entries if ts <= now)
+        return count_in_window(entries, now, spec.within)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "attributes": self.attributes,
+            "last_ts": self.last_ts,
+            "last_id": self.last_id,
+            "actions": self.actions,
+            "comp_values": self.comp_values,
+            "live": {str(k): v for k, v in self.live.items()},
+            "counts": self.counts,
+            "stages": self.stages,
+            "tier": self.tier,
+            "tier_since": self.tier_since,
+            "letter": self.letter,
+            "sla_met": self.sla_met,
+            "n_events": self.n_events,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LeadState:
+        state = cls(0, 0, 0)
+        state.attributes = dict(data["attributes"])
+        state.last_ts = data["last_ts"]
+        state.last_id = data["last_id"]
+        state.actions = [list(a) for a in data["actions"]]
+        state.comp_values = [list(c) for c in data["comp_values"]]
+        state.live = {int(k): [list(x) for x in v] for k, v in data["live"].items()}
+        state.counts = [[tuple(x) if isinstance(x, list) else x for x in c] for c in data["counts"]]
+        state.stages = {k: dict(v) for k, v in data["stages"].items()}
+        state.tier = data["tier"]
+        state.tier_since = data["tier_since"]
+        state.letter = data["letter"]
+        state.sla_met = dict(data["sla_met"])
+        state.n_events = data["n_events"]
+        return state
+
+
+@dataclass
+class ScoreResult:
+    """A lead's scoring as of one moment, with the reasons."""
+
+    ruleset: str
+    version: int
+    as_of: datetime
+    letter: str | None
+    score: int
+    score_exact: float
+    components: dict[str, float]
+    tier: str | None
+    stage: str
+    stages_reached: dict[str, datetime]
+    next_action: str | None
+    next_action_due: datetime | None
+    owner: str | None
+    attributes: dict[str, Any]
+    sla: list[dict[str, Any]]
+    requalify_due: datetime | None
+    explanation: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """What the service keeps on the lead row and compares to find transitions."""
+        return {
+            "letter": self.letter,
+            "score": self.score,
+            "tier": self.tier,
+            "stage": self.stage,
+            "stages_reached": sorted(self.stages_reached),
+            "components": {k: round(v, 4) for k, v in self.components.items()},
+            "next_action": self.next_action,
+            "next_action_due": _iso(self.next_action_due.timestamp()) if self.next_action_due else None,
+            "owner": self.owner,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full JSON form printed by ``leadscore rules eval`` and served by ``explain``."""
+        return {
+            "ruleset": {"name": self.ruleset, "version": self.version},
+            "as_of": _iso(self.as_of.timestamp()),
+            "letter": self.letter,
+            "score": self.score,
+            "score_exact": round(self.score_exact, 6),
+            "tier": self.tier,
+            "stage": self.stage,
+            "stages_reached": {k: _iso(v.timestamp()) for k, v in self.stages_reached.items()},
+            "components": {k: round(v, 6) for k, v in self.components.items()},
+            "next_action": self.next_action,
+            "next_action_due": _iso(self.next_action_due.timestamp()) if self.next_action_due else None,
+            "owner": self.owner,
+            "sla": self.sla,
+            "requalify_due": _iso(self.requalify_due.timestamp()) if self.requalify_due else None,
+            "attributes": self.attributes,
+            "explanation": self.explanation,
+        }
+
+
+@dataclass
+class _Measure:
+    values: list[float]  # per component, gated and clamped
+    raw: list[float]  # per component, before clamp
+    gates: list[bool | None]
+    exact: float
+    score: int
+    letter: str | None
+    tier: str | None
+
+
+class Scorer:
+    """A ruleset compiled for fast, repeated use; safe to share between threads (stateless)."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+        self.zone = ZoneInfo(ruleset.timezone)
+        self.calendar = BusinessCalendar.build(
+            ruleset.timezone,
+            list(ruleset.calendar.working_days),
+            ruleset.calendar.working_hours[0],
+            ruleset.calendar.working_hours[1],
+        )
+        self.counts: list[CountSpec] = []
+        self.components: list[_Component] = []
+        self.actions: list[_Action] = []
+        self.component_index: dict[str, int] = {}
+        for c_index, (name, spec) in enumerate(ruleset.components.items()):
+            self.component_index[name] = c_index
+            criteria = [_Criterion(c.id, c.points, compile_condition(c.when, self.counts)) for c in spec.criteria]
+            actions = []
+            for a in spec.actions:
+                action = _Action(
+                    index=len(self.actions),
+                    component=c_index,
+                    id=a.id,
+                    points=a.points,
+                    when=compile_condition(a.when, self.counts) if a.when is not None else None,
+                    limit_count=a.limit.count if a.limit else None,
+                    window=_window(a.limit.per) if a.limit and a.limit.per is not None else None,
+                )
+                self.actions.append(action)
+                actions.append(action)
+            half_life = expire = None
+            decay_text = None
+            if spec.decay is not None:
+                if spec.decay.half_life is not None:
+                    half_life = parse_duration(spec.decay.half_life).seconds
+                    decay_text = f"half-life {spec.decay.half_life}"
+                else:
+                    assert spec.decay.expire_after is not None
+                    expire = parse_duration(spec.decay.expire_after).seconds
+                    decay_text = f"expires after {spec.decay.expire_after}"
+            requires = compile_condition(spec.requires, self.counts) if spec.requires is not None else None
+            self.components.append(
+                _Component(c_index, name, spec.max, criteria, actions, requires, half_life, expire, decay_text)
+            )
+        self.actions_by_type: dict[str, list[_Action]] = {}
+        for c_index, spec in enumerate(ruleset.components.values()):
+            for a_spec, action in zip(spec.actions, self.components[c_index].actions, strict=True):
+                for event_type in [a_spec.on] if isinstance(a_spec.on, str) else a_spec.on:
+                    self.actions_by_type.setdefault(event_type, []).append(action)
+        self.stages = [_Stage(name, compile_condition(s.when, self.counts), s.demote) for name, s in ruleset.stages.items()]
+        self.routing = [(rule.owner, compile_condition(rule.when, self.counts)) for rule in ruleset.routing]
+        self.counts_by_type: dict[str, list[CountSpec]] = {}
+        for spec in self.counts:
+            for event_type in spec.types:
+                self.counts_by_type.setdefault(event_type, []).append(spec)
+        self.slas = [_Sla(s.id, s.stage, parse_duration(s.within), frozenset(s.met_by)) for s in ruleset.sla]
+        self.sla_by_type: dict[str, list[_Sla]] = {}
+        for sla in self.slas:
+            for event_type in sla.met_by:
+                self.sla_by_type.setdefault(event_type, []).append(sla)
+        self.letter_from = self.component_index[ruleset.letter.from_] if ruleset.letter else None
+        self.letter_bands = (
+            sorted(((v, k) for k, v in ruleset.letter.bands.items()), key=lambda x: (-x[0], x[1]))
+            if ruleset.letter
+            else []
+        )
+        self.tier_bands = sorted(((v, k) for k, v in (ruleset.tiers or {}).items()), reverse=True)
+        self.next_action_from = ruleset.next_action_from or (
+            "workflow" if ruleset.workflows else "matrix" if ruleset.matrix else None
+        )
+        self._offsets: dict[int, float] = {}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def new_state(self) -> LeadState:
+        return LeadState(len(self.actions), len(self.components), len(self.counts))
+
+    def apply(self, state: LeadState, event: ScoringEvent) -> None:
+        """Fold one event into the state, at the event's own time."""
+        ts = event.occurred_at.timestamp()
+        if state.last_ts is not None and (ts, event.id) <= (state.last_ts, state.last_id or ""):
+            raise OutOfOrderEvent(f"event {event.id} at {_iso(ts)} is not after the last applied one")
+        state.last_ts = ts
+        state.last_id = event.id
+        state.n_events += 1
+        if event.attributes:
+            for key, value in event.attributes.items():
+                if value is None:
+                    state.attributes.pop(key, None)
+                else:
+                    state.attributes[key] = value
+            state._crit = None
+        event_type = event.type
+        actions = self.actions_by_type.get(event_type)
+        if actions:
+            ctx = Context(state.attributes, event.properties)
+            for action in actions:
+                if action.when is not None and not action.when.test(ctx):
+                    continue
+                slot = state.actions[action.index]
+                if action.limit_count is not None:
+                    key = self._window_key(action.window, ts)
+                    if slot[4] != key:
+                        slot[4] = key
+                        slot[5] = 0
+                    if slot[5] >= action.limit_count:
+                        slot[3] += 1
+                        continue
+                    slot[5] += 1
+                slot[2] += 1
+                component = self.components[action.component]
+                if component.half_life is not None:
+                    factor = math.exp(-(ts - slot[1]) * _LN2 / component.half_life)
+                    slot[0] = slot[0] * factor + action.points
+                    slot[1] = ts
+                    cv = state.comp_values[action.component]
+                    cv[0] = cv[0] * math.exp(-(ts - cv[1]) * _LN2 / component.half_life) + action.points
+                    cv[1] = ts
+                elif component.expire_after is not None:
+                    alive = state.live.setdefault(action.index, [])
+                    alive.append([ts, action.points])
+                    cutoff = ts - component.expire_after
+                    while alive and alive[0][0] <= cutoff:
+                        alive.pop(0)
+                else:
+                    slot[0] += action.points
+                    state.comp_values[action.component][0] += action.points
+        specs = self.counts_by_type.get(event_type)
+        if specs:
+            ctx = Context(state.attributes, event.properties)
+            for spec in specs:
+                if spec.where is not None and not spec.where.test(ctx):
+                    continue
+                entries = state.counts[spec.index]
+                if spec.distinct is not None:
+                    entries.append((ts, str(event.properties.get(spec.distinct))))
+                else:
+                    entries.append(ts)
+                if spec.within is not None:
+                    cutoff = ts - spec.within
+                    while entries and (entries[0][0] if spec.distinct else entries[0]) <= cutoff:
+                        entries.pop(0)
+        measure = self._measure(state, ts)
+        if measure.tier != state.tier:
+            state.tier = measure.tier
+            state.tier_since = ts
+        state.letter = measure.letter
+        if self.stages:
+            ctx = self._context(state, measure, ts)
+            for stage in self.stages:
+                if stage.name in state.stages and not stage.demote:
+                    continue
+                if stage.name not in state.stages and stage.when.test(ctx):
+                    state.stages[stage.name] = {"at": ts, "event_id": event.id, "because": stage.when.describe(ctx)}
+        slas = self.sla_by_type.get(event_type)
+        if slas:
+            for sla in slas:
+                reached = self._stage_reached_at(state, sla.stage)
+                if reached is not None and sla.id not in state.sla_met and reached <= ts:
+                    state.sla_met[sla.id] = ts
+
+    def replay(self, events: Iterable[ScoringEvent], as_of: datetime) -> tuple[LeadState, ScoreResult]:
+        """Score from scratch: every event up to ``as_of``, in (occurred_at, id) order, once."""
+        limit = as_of.timestamp()
+        unique: dict[str, tuple[float, ScoringEvent]] = {}
+        for event in events:
+            ts = event.occurred_at.timestamp()
+            if ts <= limit and event.id not in unique:
+                unique[event.id] = (ts, event)
+        state = self.new_state()
+        for _, event in sorted(unique.values(), key=lambda pair: (pair[0], pair[1].id)):
+            self.apply(state, event)
+        return state, self.evaluate(state, as_of)
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    def _criteria_points(self, state: LeadState) -> list[float]:
+        if state._crit is None:
+            ctx = Context(state.attributes)
+            state._crit = [
+                sum(c.points for c in component.criteria if c.when.test(ctx)) for component in self.components
+            ]
+        return state._crit
+
+    def _action_points(self, state: LeadState, component: _Component, now: float) -> float:
+        if component.half_life is not None:
+            value, t_ref = state.comp_values[component.index]
+            if value == 0.0:
+                return 0.0
+            return float(value * math.exp(-(now - t_ref) * _LN2 / component.half_life))
+        if component.expire_after is not None:
+            cutoff = now - component.expire_after
+            return sum(p for a in component.actions for ts, p in state.live.get(a.index, ()) if cutoff < ts <= now)
+        return float(state.comp_values[component.index][0])
+
+    def _measure(self, state: LeadState, now: float) -> _Measure:
+        criteria = self._criteria_points(state)
+        raw = [criteria[c.index] + self._action_points(state, c, now) for c in self.components]
+        values = [min(max(r, 0.0), c.max) for r, c in zip(raw, self.components, strict=True)]
+        gates: list[bool | None] = [None] * len(values)
+        for component in self.components:
+            if component.requires is not None:
+                named = {c.name: values[c.index] for c in self.components}
+                holds = component.requires.test(
+                    Context(state.attributes, components=named, counts=state, now=now)
+                )
+                gates[component.index] = holds
+                if not holds:
+                    values[component.index] = 0.0
+        exact = round(min(max(sum(values), 0.0), 100.0), 9)
+        score = int(math.floor(exact + 0.5))
+        letter = None
+        if self.letter_from is not None:
+            fit = values[self.letter_from]
+            letter = next((name for threshold, name in self.letter_bands if fit >= threshold), LETTERS[-1])
+        tier = next((name for threshold, name in self.tier_bands if score >= threshold), None)
+        return _Measure(values, raw, gates, exact, score, letter, tier)
+
+    def _context(self, state: LeadState, measure: _Measure, now: float) -> Context:
+        return Context(
+            state.attributes,
+            score=measure.score,
+            letter=measure.letter,
+            tier=measure.tier,
+            components={c.name: measure.values[c.index] for c in self.components},
+            counts=state,
+            now=now,
+        )
+
+    def _stage_reached_at(self, state: LeadState, stage: str) -> float | None:
+        if stage == "lead":
+            return state.tier_since if state.n_events else None
+        info = state.stages.get(stage)
+        return None if info is None else float(info["at"])
+
+    def _window_key(self, window: tuple[str, float] | None, ts: float) -> int:
+        if window is None:
+            return 0
+        kind, size = window
+        local = ts + self._offset(ts)
+        if kind == "day":
+            return int(local // 86400 // size)
+        if kind == "week":
+            return int((local // 86400 + 3) // (7 * size))
+        return int(local // size)
+
+    def _offset(self, ts: float) -> float:
+        hour = int(ts // 3600)
+        offset = self._offsets.get(hour)
+        if offset is None:
+            delta = datetime.fromtimestamp(hour * 3600, UTC).astimezone(self.zone).utcoffset()
+            offset = delta.total_seconds() if delta is not None else 0.0
+            self._offsets[hour] = offset
+        return offset
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, state: LeadState, as_of: datetime) -> ScoreResult:
+        """The lead as of ``as_of`` (never earlier than its last applied event)."""
+        now = as_of.timestamp()
+        if state.last_ts is not None and now < state.last_ts:
+            now = state.last_ts
+        measure = self._measure(state, now)
+        ctx = self._context(state, measure, now)
+        stage = "lead"
+        for spec in self.stages:
+            if spec.demote:
+                if spec.when.test(ctx):
+                    stage = spec.name
+            elif spec.name in state.stages:
+                stage = spec.name
+        tier_since = state.tier_since
+        if measure.tier != state.tier:
+            tier_since = self._crossing(state, now, measure.tier)
+        next_action, due, action_reason = self._next_action(measure, tier_since)
+        owner, owner_reason = self._owner(ctx)
+        ruleset = self.ruleset
+        requalify = None
+        if ruleset.workflows and measure.tier in ruleset.workflows and tier_since is not None:
+            after = ruleset.workflows[measure.tier].requalify_after
+            if after is not None:
+                requalify = self.calendar.add(tier_since, parse_duration(after))
+        slas = []
+        for sla in self.slas:
+            reached = self._stage_reached_at(state, sla.stage)
+            if reached is None:
+                continue
+            deadline = self.calendar.add(reached, sla.within)
+            met = state.sla_met.get(sla.id)
+            slas.append(
+                {
+                    "id": sla.id,
+                    "stage": sla.stage,
+                    "started_at": _iso(reached),
+                    "due": _iso(deadline),
+                    "met_at": _iso(met),
+                    "breached": (met is None and now > deadline) or (met is not None and met > deadline),
+                }
+            )
+        explanation = self._explain(state, measure, ctx, now, stage, next_action, action_reason, owner, owner_reason)
+        return ScoreResult(
+            ruleset=ruleset.ruleset,
+            version=ruleset.version,
+            as_of=datetime.fromtimestamp(now, UTC),
+            letter=measure.letter,
+            score=measure.score,
+            score_exact=measure.exact,
+            components={c.name: measure.values[c.index] for c in self.components},
+            tier=measure.tier,
+            stage=stage,
+            stages_reached={name: datetime.fromtimestamp(info["at"], UTC) for name, info in state.stages.items()},
+            next_action=next_action,
+            next_action_due=_dt(due),
+            owner=owner,
+            attributes=dict(state.attributes),
+            sla=slas,
+            requalify_due=_dt(requalify),
+            explanation=explanation,
+        )
+
+    def _crossing(self, state: LeadState, now: float, tier: str | None) -> float:
+        """When decay moved the lead into ``tier`` after its last event (found by bisection)."""
+        low = state.last_ts if state.last_ts is not None else now
+        high = now
+        for _ in range(40):
+            if high - low < 1.0:
+                break
+            middle = (low + high) / 2
+            if self._measure(state, middle).tier == tier:
+                high = middle
+            else:
+                low = middle
+        return math.ceil(high)
+
+    def _next_action(self, measure: _Measure, tier_since: float | None) -> tuple[str | None, float | None, str | None]:
+        ruleset = self.ruleset
+        if self.next_action_from == "matrix" and ruleset.matrix and ruleset.score_bands and measure.letter:
+            band = max(i for i, low in enumerate(ruleset.score_bands) if measure.score >= low)
+            row = ruleset.matrix.get(measure.letter)  # type: ignore[call-overload]
+            if row is None:
+                return None, None, f"the matrix has no row for letter {measure.letter}"
+            bands = ruleset.score_bands
+            upper = f"{bands[band + 1] - 1:g}" if band + 1 < len(bands) else "100"
+            return row[band], None, f"matrix: letter {measure.letter} × score {measure.score} (band {bands[band]:g}–{upper})"
+        if self.next_action_from == "workflow" and ruleset.workflows and measure.tier in ruleset.workflows:
+            workflow = ruleset.workflows[measure.tier]
+            due = None
+            reason = f"workflow for tier {measure.tier}"
+            if workflow.due is not None and tier_since is not None:
+                due = self.calendar.add(tier_since, parse_duration(workflow.due))
+                reason += f": {workflow.action} within {workflow.due} of entering the tier at {_iso(tier_since)}"
+            return workflow.action, due, reason
+        return None, None, None
+
+    def _owner(self, ctx: Context) -> tuple[str | None, str | None]:
+        for i, (owner, rule) in enumerate(self.routing):
+            if rule.test(ctx):
+                return owner, f"routing rule {i + 1}: {rule.describe(ctx)}"
+        if self.ruleset.default_owner:
+            return self.ruleset.default_owner, "no routing rule matched: default owner"
+        return None, None
+
+    def _explain(
+        self,
+        state: LeadState,
+        measure: _Measure,
+        ctx: Context,
+        now: float,
+        stage: str,
+        next_action: str | None,
+        action_reason: str | None,
+        owner: str | None,
+        owner_reason: str | None,
+    ) -> dict[str, Any]:
+        attr_ctx = Context(state.attributes)
+        components: dict[str, Any] = {}
+        for component in self.components:
+            rules: list[dict[str, Any]] = []
+            for criterion in component.criteria:
+                if criterion.when.test(attr_ctx):
+                    rules.append(
+                        {"rule": criterion.id, "kind": "criterion", "points": criterion.points, "because": criterion.when.describe(attr_ctx)}
+                    )
+            for action in component.actions:
+                slot = state.actions[action.index]
+                if not slot[2] and not slot[3]:
+                    continue
+                if component.half_life is not None:
+                    points = slot[0] * math.exp(-(now - slot[1]) * _LN2 / component.half_life)
+                elif component.expire_after is not None:
+                    cutoff = now - component.expire_after
+                    points = sum(p for ts, p in state.live.get(action.index, ()) if cutoff < ts <= now)
+                else:
+                    points = slot[0]
+                entry: dict[str, Any] = {
+                    "rule": action.id,
+                    "kind": "action",
+                    "points": round(points, 4),
+                    "points_each": action.points,
+                    "events_counted": slot[2],
+                    "events_over_limit": slot[3],
+                }
+                if component.decay_text:
+                    entry["decay"] = component.decay_text
+                rules.append(entry)
+            gate = measure.gates[component.index]
+            info: dict[str, Any] = {
+                "points": round(measure.values[component.index], 4),
+                "max": component.max,
+                "raw": round(measure.raw[component.index], 4),
+                "clamped": not (0.0 <= measure.raw[component.index] <= component.max),
+                "rules": rules,
+            }
+            if component.requires is not None:
+                gate_ctx = Context(state.attributes, components=ctx.components, counts=state, now=now)
+                info["gate"] = {"holds": bool(gate), "because": component.requires.describe(gate_ctx)}
+            components[component.name] = info
+        explanation: dict[str, Any] = {
+            "score": {
+                "value": measure.score,
+                "exact": round(measure.exact, 6),
+                "because": "sum of components, clamped to 0–100, rounded half up",
+            },
+            "components": components,
+        }
+        if self.letter_from is not None and measure.letter is not None:
+            source = self.components[self.letter_from]
+            threshold = next(t for t, name in self.letter_bands if name == measure.letter) if any(
+                name == measure.letter for _, name in self.letter_bands
+            ) else 0
+            explanation["letter"] = {
+                "value": measure.letter,
+                "because": f"{source.name} {measure.values[self.letter_from]:g} ≥ {threshold:g} (band {measure.letter})",
+            }
+        if measure.tier is not None:
+            threshold = next(t for t, name in self.tier_bands if name == measure.tier)
+            explanation["tier"] = {"value": measure.tier, "because": f"score {measure.score} ≥ {threshold:g}"}
+        explanation["stage"] = {
+            "value": stage,
+            "reached": {
+                name: {"at": _iso(info["at"]), "event_id": info["event_id"], "because": info["because"]}
+                for name, info in state.stages.items()
+            },
+        }
+        if next_action is not None:
+            explanation["next_action"] = {"value": next_action, "because": action_reason}
+        if owner is not None:
+            explanation["owner"] = {"value": owner, "because": owner_reason}
+        return explanation
+
+
+def _window(per: str | int) -> tuple[str, float]:
+    duration = parse_duration(per)
+    if duration.unit == "d" and duration.amount == int(duration.amount):
+        return ("day", duration.amount)
+    if duration.unit == "w" and duration.amount == int(duration.amount):
+        return ("week", duration.amount)
+    return ("sec", duration.seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transitions
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change worth telling subscribers about."""
+
+    type: str
+    from_value: str | None
+    to_value: str | None
+    at: datetime
+    event_id: str | None
+
+
+def transitions_between(
+    previous: Mapping[str, Any] | None, result: ScoreResult, event_id: str | None, at: datetime
+) -> list[Transition]:
+    """Transitions from a lead's previous summary to a new result.
+
+    A new lead (``previous`` is None) starts at stage ``lead`` with no tier or letter; its first
+    tier and letter are not reported as changes, its first stages are.
+    """
+    old_stage = previous.get("stage", "lead") if previous else "lead"
+    old_reached = set(previous.get("stages_reached", [])) if previous else set()
+    out: list[Transition] = []
+    if result.stage != old_stage:
+        out.append(Transition("lead.stage_changed", old_stage, result.stage, at, event_id))
+    for name in result.stages_reached:
+        if name not in old_reached:
+            out.append(Transition(f"lead.{name}", old_stage, name, at, event_id))
+    if previous is not None:
+        if previous.get("tier") != result.tier:
+            out.append(Transition("lead.tier_changed", previous.get("tier"), result.tier, at, event_id))
+        if previous.get("letter") != result.letter:
+            out.append(Transition("lead.letter_changed", previous.get("letter"), result.letter, at, event_id))
+    return out
