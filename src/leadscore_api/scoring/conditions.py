@@ -6,6 +6,7 @@ says in words why (used only when a stage is reached or an explanation is asked 
 
 from __future__ import annotations
 
+import operator
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
@@ -88,10 +89,10 @@ def compile_operators(ops: Operators) -> tuple[Predicate, str]:
         words.append(f"not in {list(ops.not_in)}")
         missing_ok = True
     for name, symbol, compare in (
-        ("gt", ">", lambda a, b: a > b),
-        ("gte", "≥", lambda a, b: a >= b),
-        ("lt", "<", lambda a, b: a < b),
-        ("lte", "≤", lambda a, b: a <= b),
+        ("gt", ">", operator.gt),
+        ("gte", "≥", operator.ge),
+        ("lt", "<", operator.lt),
+        ("lte", "≤", operator.le),
     ):
         bound = getattr(ops, name)
         if bound is not None:
@@ -110,6 +111,8 @@ def compile_operators(ops: Operators) -> tuple[Predicate, str]:
         words.append("is present" if exists else "is absent")
 
     only_negative = missing_ok and ops.eq is None and ops.in_ is None
+    if len(checks) == 1 and exists is None:
+        return _single_operator(checks[0], missing_ok, only_negative), " and ".join(words)
 
     def single(value: Any) -> bool:
         return all(check(value) for check in checks)
@@ -133,10 +136,29 @@ def compile_operators(ops: Operators) -> tuple[Predicate, str]:
 
 def _numeric(compare: Callable[[float, float], bool], bound: float) -> Predicate:
     def check(value: Any) -> bool:
+        if type(value) is int or type(value) is float:
+            return compare(value, bound)
         number = _number(value)
         return number is not None and compare(number, bound)
 
     return check
+
+
+def _single_operator(check: Predicate, missing_ok: bool, only_negative: bool) -> Predicate:
+    """The common case of one operator, without the general case's bookkeeping (hot path)."""
+
+    def predicate(value: Any) -> bool:
+        if value is None or value == "":
+            return missing_ok
+        if isinstance(value, list | tuple | set):
+            if not value:
+                return missing_ok
+            if only_negative:
+                return all(check(item) for item in value)
+            return any(check(item) for item in value)
+        return check(value)
+
+    return predicate
 
 
 @dataclass

@@ -112,6 +112,7 @@ class LeadState:
         "_crit",
         "actions",
         "attributes",
+        "checked_ts",
         "comp_values",
         "counts",
         "last_id",
@@ -139,6 +140,7 @@ class LeadState:
         self.stages: dict[str, dict[str, Any]] = {}
         self.tier: str | None = None
         self.tier_since: float | None = None
+        self.checked_ts: float | None = None
         self.letter: str | None = None
         self.sla_met: dict[str, float] = {}
         self.n_events = 0
@@ -171,6 +173,7 @@ class LeadState:
             "stages": self.stages,
             "tier": self.tier,
             "tier_since": self.tier_since,
+            "checked_ts": self.checked_ts,
             "letter": self.letter,
             "sla_met": self.sla_met,
             "n_events": self.n_events,
@@ -189,6 +192,7 @@ class LeadState:
         state.stages = {k: dict(v) for k, v in data["stages"].items()}
         state.tier = data["tier"]
         state.tier_since = data["tier_since"]
+        state.checked_ts = data.get("checked_ts")
         state.letter = data["letter"]
         state.sla_met = dict(data["sla_met"])
         state.n_events = data["n_events"]
@@ -310,6 +314,7 @@ class Scorer:
             self.components.append(
                 _Component(c_index, name, spec.max, criteria, actions, requires, half_life, expire, decay_text)
             )
+        self.gated = [c for c in self.components if c.requires is not None]
         self.actions_by_type: dict[str, list[_Action]] = {}
         for c_index, spec in enumerate(ruleset.components.values()):
             for a_spec, action in zip(spec.actions, self.components[c_index].actions, strict=True):
@@ -351,7 +356,9 @@ class Scorer:
         state.last_ts = ts
         state.last_id = event.id
         state.n_events += 1
+        touched = False
         if event.attributes:
+            touched = True
             for key, value in event.attributes.items():
                 if value is None:
                     state.attributes.pop(key, None)
@@ -365,6 +372,7 @@ class Scorer:
             for action in actions:
                 if action.when is not None and not action.when.test(ctx):
                     continue
+                touched = True
                 slot = state.actions[action.index]
                 if action.limit_count is not None:
                     key = self._window_key(action.window, ts)
@@ -399,6 +407,7 @@ class Scorer:
             for spec in specs:
                 if spec.where is not None and not spec.where.test(ctx):
                     continue
+                touched = True
                 entries = state.counts[spec.index]
                 if spec.distinct is not None:
                     entries.append((ts, str(event.properties.get(spec.distinct))))
@@ -408,7 +417,24 @@ class Scorer:
                     cutoff = ts - spec.within
                     while entries and (entries[0][0] if spec.distinct else entries[0]) <= cutoff:
                         entries.pop(0)
+        slas = self.sla_by_type.get(event_type)
+        if touched or slas or state.n_events == 1:
+            self._checkpoint(state, ts, event.id)
+        if slas:
+            for sla in slas:
+                reached = self._stage_reached_at(state, sla.stage)
+                if reached is not None and sla.id not in state.sla_met and reached <= ts:
+                    state.sla_met[sla.id] = ts
+
+    def _checkpoint(self, state: LeadState, ts: float, event_id: str) -> None:
+        """Measure the lead at an event's time: tier changes and stages reached are noted here.
+
+        Only events that change the scoring data (points counted, counters moved, attributes
+        changed) are checkpoints; between them the score can only fade, which
+        :meth:`_crossing` accounts for. Both the incremental and replay paths pass here.
+        """
         measure = self._measure(state, ts)
+        state.checked_ts = ts
         if measure.tier != state.tier:
             state.tier = measure.tier
             state.tier_since = ts
@@ -419,13 +445,7 @@ class Scorer:
                 if stage.name in state.stages and not stage.demote:
                     continue
                 if stage.name not in state.stages and stage.when.test(ctx):
-                    state.stages[stage.name] = {"at": ts, "event_id": event.id, "because": stage.when.describe(ctx)}
-        slas = self.sla_by_type.get(event_type)
-        if slas:
-            for sla in slas:
-                reached = self._stage_reached_at(state, sla.stage)
-                if reached is not None and sla.id not in state.sla_met and reached <= ts:
-                    state.sla_met[sla.id] = ts
+                    state.stages[stage.name] = {"at": ts, "event_id": event_id, "because": stage.when.describe(ctx)}
 
     def replay(self, events: Iterable[ScoringEvent], as_of: datetime) -> tuple[LeadState, ScoreResult]:
         """Score from scratch: every event up to ``as_of``, in (occurred_at, id) order, once."""
@@ -463,25 +483,36 @@ class Scorer:
 
     def _measure(self, state: LeadState, now: float) -> _Measure:
         criteria = self._criteria_points(state)
-        raw = [criteria[c.index] + self._action_points(state, c, now) for c in self.components]
-        values = [min(max(r, 0.0), c.max) for r, c in zip(raw, self.components, strict=True)]
-        gates: list[bool | None] = [None] * len(values)
+        raw: list[float] = []
+        values: list[float] = []
         for component in self.components:
-            if component.requires is not None:
-                named = {c.name: values[c.index] for c in self.components}
-                holds = component.requires.test(
-                    Context(state.attributes, components=named, counts=state, now=now)
-                )
-                gates[component.index] = holds
-                if not holds:
-                    values[component.index] = 0.0
-        exact = round(min(max(sum(values), 0.0), 100.0), 9)
+            points = criteria[component.index] + self._action_points(state, component, now)
+            raw.append(points)
+            values.append(0.0 if points < 0.0 else component.max if points > component.max else points)
+        gates: list[bool | None] = [None] * len(values)
+        for component in self.gated:
+            assert component.requires is not None
+            named = {c.name: values[c.index] for c in self.components}
+            holds = component.requires.test(Context(state.attributes, components=named, counts=state, now=now))
+            gates[component.index] = holds
+            if not holds:
+                values[component.index] = 0.0
+        total = sum(values)
+        exact = round(0.0 if total < 0.0 else 100.0 if total > 100.0 else total, 9)
         score = int(math.floor(exact + 0.5))
         letter = None
         if self.letter_from is not None:
             fit = values[self.letter_from]
-            letter = next((name for threshold, name in self.letter_bands if fit >= threshold), LETTERS[-1])
-        tier = next((name for threshold, name in self.tier_bands if score >= threshold), None)
+            letter = LETTERS[-1]
+            for threshold, name in self.letter_bands:
+                if fit >= threshold:
+                    letter = name
+                    break
+        tier = None
+        for threshold, name in self.tier_bands:
+            if score >= threshold:
+                tier = name
+                break
         return _Measure(values, raw, gates, exact, score, letter, tier)
 
     def _context(self, state: LeadState, measure: _Measure, now: float) -> Context:
@@ -588,7 +619,7 @@ class Scorer:
 
     def _crossing(self, state: LeadState, now: float, tier: str | None) -> float:
         """When decay moved the lead into ``tier`` after its last event (found by bisection)."""
-        low = state.last_ts if state.last_ts is not None else now
+        low = state.checked_ts if state.checked_ts is not None else now
         high = now
         for _ in range(40):
             if high - low < 1.0:
