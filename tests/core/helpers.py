@@ -26,5 +26,7 @@ def event(
     return ScoringEvent(event_id, event_type, when, properties or {}, attributes or {})
 
 
-def attrs(values: dict[str, Any], at: datetime | timedelta = T0 - timedelta(days=365)) -> ScoringEvent:
+def attrs(
+    values: dict[str, Any], at: datetime | timedelta = T0 - timedelta(days=365)
+) -> ScoringEvent:
     return event("attrs", "lead.attributes_updated", at, attributes=values)

@@ -84,6 +84,8 @@ def test_at_least_n_of() -> None:
 
 
 def test_describe_says_why() -> None:
-    model = Criterion.model_validate({"id": "x", "points": 1, "when": {"field": "employees", "gt": 50}}).when
+    model = Criterion.model_validate(
+        {"id": "x", "points": 1, "when": {"field": "employees", "gt": 50}}
+    ).when
     text = compile_condition(model, []).describe(Context({"employees": 1200}))
     assert text == "employees 1200 > 50"

@@ -58,14 +58,23 @@ def score(extra: str, events: list, at=T0):  # type: ignore[no-untyped-def]
 def test_limit_keeps_the_first_n_per_calendar_day_in_the_rulesets_zone() -> None:
     # 21:30 and 22:30 UTC on 14 June are 23:30 on the 14th and 00:30 on the 15th in Rome.
     late = T0.replace(hour=21, minute=30) - DAY
-    result = score("", [event("a", "page.viewed", late), event("b", "page.viewed", late + HOUR), event("c", "page.viewed", late + 2 * HOUR)])
+    result = score(
+        "",
+        [
+            event("a", "page.viewed", late),
+            event("b", "page.viewed", late + HOUR),
+            event("c", "page.viewed", late + 2 * HOUR),
+        ],
+    )
     rules = {r["rule"]: r for r in result.explanation["components"]["behaviour"]["rules"]}
     assert rules["visit"]["events_counted"] == 2
     assert rules["visit"]["events_over_limit"] == 1
 
 
 def test_a_limit_without_a_window_is_for_life() -> None:
-    result = score("", [event(f"n{i}", "newsletter.subscribed", T0 - i * 30 * DAY) for i in range(3)])
+    result = score(
+        "", [event(f"n{i}", "newsletter.subscribed", T0 - i * 30 * DAY) for i in range(3)]
+    )
     assert result.components["behaviour"] == 10
 
 
@@ -75,7 +84,10 @@ def test_half_life_decay() -> None:
 
 
 def test_expire_after_drops_points_at_the_age_given() -> None:
-    events = [event("d1", "content.downloaded", T0 - 10 * DAY), event("d2", "content.downloaded", T0 - 2 * DAY)]
+    events = [
+        event("d1", "content.downloaded", T0 - 10 * DAY),
+        event("d2", "content.downloaded", T0 - 2 * DAY),
+    ]
     result = score("decay: {expire_after: 7d}", events)
     assert result.components["behaviour"] == 20
 
@@ -88,7 +100,9 @@ def test_components_clamp_to_zero_and_max_and_score_rounds_half_up() -> None:
     # 20 points with a 20-day half-life, 1 day old: 20 · 2^(-1/20) = 19.31 → 19
     rounded = score("decay: {half_life: 20d}", [event("d", "content.downloaded", T0 - DAY)])
     assert rounded.score == 19
-    half = score("decay: {half_life: 1d}", [event("d", "content.downloaded", T0 - timedelta(days=5.321928))])
+    half = score(
+        "decay: {half_life: 1d}", [event("d", "content.downloaded", T0 - timedelta(days=5.321928))]
+    )
     assert half.score_exact == pytest.approx(0.5, abs=1e-4)
 
 
@@ -102,14 +116,25 @@ def test_gate_keeps_a_component_at_zero_until_it_holds() -> None:
 
 
 def test_letter_tier_and_matrix_follow_fit_and_score() -> None:
-    result = score("", [attrs({"employees": 60, "role": "ceo"}), event("d", "content.downloaded", T0 - HOUR)])
-    assert (result.letter, result.score, result.tier, result.next_action) == ("A", 70, "warm", "priority_contact")
+    result = score(
+        "", [attrs({"employees": 60, "role": "ceo"}), event("d", "content.downloaded", T0 - HOUR)]
+    )
+    assert (result.letter, result.score, result.tier, result.next_action) == (
+        "A",
+        70,
+        "warm",
+        "priority_contact",
+    )
     plain = score("", [attrs({"employees": 60})])
     assert (plain.letter, plain.tier, plain.next_action) == ("B", "cold", "nurture")
 
 
 def test_stages_are_sticky_and_a_demote_stage_can_be_left() -> None:
-    events = [attrs({"employees": 60, "role": "ceo"}), event("d", "content.downloaded", T0 - 2 * HOUR), event("u", "email.unsubscribed", T0 - HOUR)]
+    events = [
+        attrs({"employees": 60, "role": "ceo"}),
+        event("d", "content.downloaded", T0 - 2 * HOUR),
+        event("u", "email.unsubscribed", T0 - HOUR),
+    ]
     sticky = score("", events)
     assert sticky.stage == "mql"  # reached at 70, kept at 60 and below
     text = BASE.replace("ACTION_EXTRA", "").replace(
@@ -140,9 +165,15 @@ def test_event_count_conditions_with_window_and_distinct() -> None:
     )
     same = [event(f"o{i}", "email.opened", T0 - i * HOUR, {"message_id": "m1"}) for i in range(3)]
     assert loaded.scorer.replay(same, T0)[1].stage == "lead"
-    old = [event("a", "email.opened", T0 - 10 * DAY, {"message_id": "m1"}), event("b", "email.opened", T0, {"message_id": "m2"})]
+    old = [
+        event("a", "email.opened", T0 - 10 * DAY, {"message_id": "m1"}),
+        event("b", "email.opened", T0, {"message_id": "m2"}),
+    ]
     assert loaded.scorer.replay(old, T0)[1].stage == "lead"
-    fresh = [event("a", "email.opened", T0 - 2 * DAY, {"message_id": "m1"}), event("b", "email.opened", T0, {"message_id": "m2"})]
+    fresh = [
+        event("a", "email.opened", T0 - 2 * DAY, {"message_id": "m1"}),
+        event("b", "email.opened", T0, {"message_id": "m2"}),
+    ]
     assert loaded.scorer.replay(fresh, T0)[1].stage == "engaged"
 
 
@@ -151,14 +182,34 @@ def test_bant_workflow_due_sla_and_routing() -> None:
 
     bant = load_ruleset_file("rules/bant.yaml")
     friday_evening = T0 + 4 * DAY + 6 * HOUR  # Friday 18:00 in Rome (16:00 UTC)
-    hot = {"industry": "IT", "employees": 120, "country": "IT", "role": "CEO", "budget_eur": 50000,
-           "authority": "decision_maker", "need": "CRM", "timeline_days": 30, "source": "referral", "region": "Veneto"}
+    hot = {
+        "industry": "IT",
+        "employees": 120,
+        "country": "IT",
+        "role": "CEO",
+        "budget_eur": 50000,
+        "authority": "decision_maker",
+        "need": "CRM",
+        "timeline_days": 30,
+        "source": "referral",
+        "region": "Veneto",
+    }
     events = [
-        event("a", "lead.attributes_updated", friday_evening - HOUR, attributes={**hot, "purchase_intent": True}),
+        event(
+            "a",
+            "lead.attributes_updated",
+            friday_evening - HOUR,
+            attributes={**hot, "purchase_intent": True},
+        ),
         event("d", "demo.requested", friday_evening),
     ]
     _, result = bant.scorer.replay(events, friday_evening)
-    assert (result.tier, result.stage, result.next_action, result.owner) == ("hot", "mql", "call", "north-team")
+    assert (result.tier, result.stage, result.next_action, result.owner) == (
+        "hot",
+        "mql",
+        "call",
+        "north-team",
+    )
     assert result.next_action_due == friday_evening - HOUR + timedelta(hours=24)
     handover = next(s for s in result.sla if s["id"] == "handover_confirmed")
     # 4 working hours from Friday 18:00: Monday 09:00–13:00 Rome = 11:00 UTC
@@ -176,7 +227,9 @@ def test_cold_leads_are_due_for_requalification_after_30_days() -> None:
     from leadscore_api.scoring import load_ruleset_file
 
     bant = load_ruleset_file("rules/bant.yaml")
-    _, result = bant.scorer.replay([event("a", "lead.attributes_updated", T0, attributes={"source": "other"})], T0)
+    _, result = bant.scorer.replay(
+        [event("a", "lead.attributes_updated", T0, attributes={"source": "other"})], T0
+    )
     assert result.tier == "cold"
     assert result.requalify_due == T0 + 30 * DAY
 
@@ -187,7 +240,11 @@ def test_decay_moves_a_lead_down_a_tier_between_events_and_the_workflow_clock_st
         "next_action_from: workflow\n"
     )
     scorer = ruleset(text).scorer
-    events = [attrs({"employees": 60}), event("d", "content.downloaded", T0), event("v", "page.viewed", T0)]
+    events = [
+        attrs({"employees": 60}),
+        event("d", "content.downloaded", T0),
+        event("v", "page.viewed", T0),
+    ]
     state, now = scorer.replay(events, T0)
     assert (now.tier, now.next_action, now.next_action_due) == ("warm", "email", T0 + 48 * HOUR)
     later = scorer.evaluate(state, T0 + 3 * DAY)
@@ -214,8 +271,12 @@ def test_state_survives_json() -> None:
 
     loaded = model("decay: {half_life: 5d}")
     scorer = loaded.scorer
-    events = [attrs({"employees": 60}), event("d", "content.downloaded", T0 - DAY), event("v", "page.viewed", T0 - HOUR)]
-    state, expected = scorer.replay(events, T0)
+    events = [
+        attrs({"employees": 60}),
+        event("d", "content.downloaded", T0 - DAY),
+        event("v", "page.viewed", T0 - HOUR),
+    ]
+    state, _ = scorer.replay(events, T0)
     copy = LeadState.from_json(json.loads(json.dumps(state.to_json())))
     scorer.apply(copy, event("z", "page.viewed", T0 + DAY))
     scorer.apply(state, event("z", "page.viewed", T0 + DAY))
@@ -226,8 +287,18 @@ def test_transitions_between_summaries() -> None:
     loaded = model()
     scorer = loaded.scorer
     _, before = scorer.replay([attrs({"employees": 60})], T0)
-    _, after = scorer.replay([attrs({"employees": 60, "role": "CEO"}), event("d", "content.downloaded", T0 - HOUR), event("e", "content.downloaded", T0)], T0)
-    kinds = {(t.type, t.from_value, t.to_value) for t in transitions_between(before.summary(), after, "e", T0)}
+    _, after = scorer.replay(
+        [
+            attrs({"employees": 60, "role": "CEO"}),
+            event("d", "content.downloaded", T0 - HOUR),
+            event("e", "content.downloaded", T0),
+        ],
+        T0,
+    )
+    kinds = {
+        (t.type, t.from_value, t.to_value)
+        for t in transitions_between(before.summary(), after, "e", T0)
+    }
     assert kinds == {
         ("lead.stage_changed", "lead", "sql"),
         ("lead.mql", "lead", "mql"),

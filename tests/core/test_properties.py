@@ -19,9 +19,23 @@ from .helpers import T0
 RULES = load_rules_dir(Path(__file__).resolve().parents[2] / "rules")
 SCORERS = [RULES[name].scorer for name in sorted(RULES)]
 
-TYPES = ["page.viewed", "email.opened", "email.clicked", "content.downloaded", "newsletter.subscribed",
-         "webinar.attended", "email.bounced", "email.unsubscribed", "email.spam_reported", "demo.requested",
-         "contact.requested", "lead.accepted", "form.submitted", "deal.won", "custom.thing"]
+TYPES = [
+    "page.viewed",
+    "email.opened",
+    "email.clicked",
+    "content.downloaded",
+    "newsletter.subscribed",
+    "webinar.attended",
+    "email.bounced",
+    "email.unsubscribed",
+    "email.spam_reported",
+    "demo.requested",
+    "contact.requested",
+    "lead.accepted",
+    "form.submitted",
+    "deal.won",
+    "custom.thing",
+]
 
 attributes = st.fixed_dictionaries(
     {},
@@ -52,8 +66,11 @@ event_strategy = st.builds(
 def build(raw: list[tuple[str, int, str, str, dict[str, object]]]) -> list[ScoringEvent]:
     return [
         ScoringEvent(
-            f"e{i}", kind, T0 - timedelta(minutes=minutes),
-            {"url": url, "message_id": message, "asked_questions": minutes % 2 == 0}, attrs,
+            f"e{i}",
+            kind,
+            T0 - timedelta(minutes=minutes),
+            {"url": url, "message_id": message, "asked_questions": minutes % 2 == 0},
+            attrs,
         )
         for i, (kind, minutes, url, message, attrs) in enumerate(raw)
     ]
@@ -66,7 +83,9 @@ def as_service_would(scorer, events: list[ScoringEvent]):  # type: ignore[no-unt
     stored: dict[str, object] | None = None
     for event in events:
         seen.append(event)
-        state = LeadState.from_json(json.loads(json.dumps(stored))) if stored else scorer.new_state()
+        state = (
+            LeadState.from_json(json.loads(json.dumps(stored))) if stored else scorer.new_state()
+        )
         try:
             scorer.apply(state, event)
         except OutOfOrderEvent:
@@ -81,7 +100,9 @@ common = settings(max_examples=60, deadline=None, suppress_health_check=[HealthC
 
 @common
 @given(st.lists(event_strategy, min_size=1, max_size=25), st.randoms(use_true_random=False))
-def test_arrival_order_and_incremental_path_do_not_change_the_result(raw, rnd: random.Random) -> None:  # type: ignore[no-untyped-def]
+def test_arrival_order_and_incremental_path_do_not_change_the_result(
+    raw, rnd: random.Random
+) -> None:  # type: ignore[no-untyped-def]
     events = build(raw)
     for scorer in SCORERS:
         _, expected = scorer.replay(events, T0)
@@ -94,7 +115,10 @@ def test_arrival_order_and_incremental_path_do_not_change_the_result(raw, rnd: r
 
 
 @common
-@given(st.lists(event_strategy, min_size=1, max_size=25), st.lists(st.integers(1, 400 * 24), min_size=1, max_size=6))
+@given(
+    st.lists(event_strategy, min_size=1, max_size=25),
+    st.lists(st.integers(1, 400 * 24), min_size=1, max_size=6),
+)
 def test_decay_never_raises_a_score_over_time(raw, hours) -> None:  # type: ignore[no-untyped-def]
     events = build(raw)
     for scorer in SCORERS:

@@ -51,16 +51,54 @@ def test_the_good_file_loads() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("max: 50\n    criteria", "max: 50\n    critera", "rules/demo.yaml:6: components.fit: unknown field 'critera'"),
-        ("gt: 50", "greater: 50", "rules/demo.yaml:9: components.fit.criteria[0].when: unknown operator 'greater'"),
-        ("points: 10", "points: ten", "rules/demo.yaml:8: components.fit.criteria[0].points: Input should be a valid number"),
-        ("id: visit", "id: big", "rules/demo.yaml:13: components.behaviour.actions[0].id: duplicate rule id 'big'"),
-        ("hot: 75", "hot: 175", "rules/demo.yaml:16: tiers: Value error, tier hot threshold 175.0 is outside 0–100".replace("Value error, ", "")),
-        ("{score: {gte: 50}}", "{component: engagement, gte: 30}", "rules/demo.yaml:18: stages.mql: refers to unknown component 'engagement'"),
-        ("max: 50\n    actions", "max: 150\n    actions", "rules/demo.yaml:11: components.behaviour.max: Input should be less than or equal to 100"),
-        ("version: 1", "version: 1\nversion: 2", "rules/demo.yaml:3: invalid YAML: duplicate key 'version' (first at line 2)"),
+        (
+            "max: 50\n    criteria",
+            "max: 50\n    critera",
+            "rules/demo.yaml:6: components.fit: unknown field 'critera'",
+        ),
+        (
+            "gt: 50",
+            "greater: 50",
+            "rules/demo.yaml:9: components.fit.criteria[0].when: unknown operator 'greater'",
+        ),
+        (
+            "points: 10",
+            "points: ten",
+            "rules/demo.yaml:8: components.fit.criteria[0].points: Input should be a valid number",
+        ),
+        (
+            "id: visit",
+            "id: big",
+            "rules/demo.yaml:13: components.behaviour.actions[0].id: duplicate rule id 'big'",
+        ),
+        (
+            "hot: 75",
+            "hot: 175",
+            "rules/demo.yaml:16: tiers: Value error, tier hot threshold 175.0 is outside 0–100".replace(
+                "Value error, ", ""
+            ),
+        ),
+        (
+            "{score: {gte: 50}}",
+            "{component: engagement, gte: 30}",
+            "rules/demo.yaml:18: stages.mql: refers to unknown component 'engagement'",
+        ),
+        (
+            "max: 50\n    actions",
+            "max: 150\n    actions",
+            "rules/demo.yaml:11: components.behaviour.max: Input should be less than or equal to 100",
+        ),
+        (
+            "version: 1",
+            "version: 1\nversion: 2",
+            "rules/demo.yaml:3: invalid YAML: duplicate key 'version' (first at line 2)",
+        ),
         ("tiers: {hot: 75", "tiers: {hot: [75", "rules/demo.yaml:16: invalid YAML"),
-        ("        on: page.viewed\n", "", "rules/demo.yaml:13: components.behaviour.actions[0]: missing required field 'on'"),
+        (
+            "        on: page.viewed\n",
+            "",
+            "rules/demo.yaml:13: components.behaviour.actions[0]: missing required field 'on'",
+        ),
     ],
 )
 def test_a_broken_file_names_the_line_and_the_problem(old: str, new: str, expected: str) -> None:
@@ -126,19 +164,52 @@ def test_rule_test_failures_show_expected_and_actual(tmp_path: Path) -> None:
 
 def test_eval_prints_the_documented_json(tmp_path: Path) -> None:
     lead = tmp_path / "lead.json"
-    lead.write_text(json.dumps({"attributes": {"role": "CEO", "industry": "IT", "employees": 300, "annual_revenue_eur": 2_000_000}}))
+    lead.write_text(
+        json.dumps(
+            {
+                "attributes": {
+                    "role": "CEO",
+                    "industry": "IT",
+                    "employees": 300,
+                    "annual_revenue_eur": 2_000_000,
+                }
+            }
+        )
+    )
     events = tmp_path / "events.jsonl"
     events.write_text(
         "\n".join(
-            json.dumps({"id": f"e{i}", "type": "page.viewed", "occurred_at": f"2026-06-1{i}T09:00:00Z", "properties": {"url": "/pricing"}})
+            json.dumps(
+                {
+                    "id": f"e{i}",
+                    "type": "page.viewed",
+                    "occurred_at": f"2026-06-1{i}T09:00:00Z",
+                    "properties": {"url": "/pricing"},
+                }
+            )
             for i in range(1, 4)
         )
     )
-    result = run_cli("eval", "rules/pmi-letter-score.yaml", "--lead", str(lead), "--events", str(events), "--as-of", "2026-06-14T09:00:00Z")
+    result = run_cli(
+        "eval",
+        "rules/pmi-letter-score.yaml",
+        "--lead",
+        str(lead),
+        "--events",
+        str(events),
+        "--as-of",
+        "2026-06-14T09:00:00Z",
+    )
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
-    assert {"letter", "score", "tier", "stage", "components", "next_action", "explanation"} <= set(output)
-    assert (output["letter"], output["stage"], output["next_action"]) == ("A", "mql", "priority_contact")
+    assert {"letter", "score", "tier", "stage", "components", "next_action", "explanation"} <= set(
+        output
+    )
+    assert (output["letter"], output["stage"], output["next_action"]) == (
+        "A",
+        "mql",
+        "priority_contact",
+    )
     assert 64 <= output["score"] <= 65
     rules = {r["rule"]: r for r in output["explanation"]["components"]["behaviour"]["rules"]}
     assert rules["pricing_page_visit"]["events_counted"] == 3
@@ -148,7 +219,9 @@ def test_eval_reports_a_bad_events_file_by_line(tmp_path: Path) -> None:
     lead = tmp_path / "lead.json"
     lead.write_text("{}")
     events = tmp_path / "events.jsonl"
-    events.write_text('{"type": "page.viewed", "occurred_at": "2026-06-11T09:00:00Z"}\n{"type": "x", "occurred_at": "yesterday"}\n')
+    events.write_text(
+        '{"type": "page.viewed", "occurred_at": "2026-06-11T09:00:00Z"}\n{"type": "x", "occurred_at": "yesterday"}\n'
+    )
     result = run_cli("eval", "rules/bant.yaml", "--lead", str(lead), "--events", str(events))
     assert result.returncode == 1
     assert result.stderr.startswith(f"{events}:2: event 1: occurred_at")

@@ -69,38 +69,85 @@ def check_ruleset(ruleset: Ruleset) -> list[tuple[Path, str]]:
             for i, rule in enumerate(getattr(component, kind)):
                 path: Path = ("components", name, kind, i, "id")
                 if rule.id in seen_ids:
-                    problems.append((path, f"duplicate rule id {rule.id!r}: ids must be unique in a ruleset"))
+                    problems.append(
+                        (path, f"duplicate rule id {rule.id!r}: ids must be unique in a ruleset")
+                    )
                 seen_ids[rule.id] = path
         if not component.criteria and not component.actions:
-            problems.append((("components", name), f"component {name!r} has no criteria and no actions"))
+            problems.append(
+                (("components", name), f"component {name!r} has no criteria and no actions")
+            )
 
     for condition, path, context in ruleset_conditions(ruleset):
         for sub, sub_path in walk_conditions(condition, path):
             if isinstance(sub, ComponentCondition) and sub.component not in components:
-                problems.append((sub_path, f"refers to unknown component {sub.component!r} (known: {', '.join(components)})"))
-            if context in ("criterion", "gate", "routing") and type(sub).__name__ == "PropertyCondition":
-                problems.append((sub_path, "an event property can only be tested in an action's 'when' or an event condition's 'where'"))
-            if context == "criterion" and type(sub).__name__ in ("ScoreCondition", "EventCondition", "ComponentCondition"):
+                problems.append(
+                    (
+                        sub_path,
+                        f"refers to unknown component {sub.component!r} (known: {', '.join(components)})",
+                    )
+                )
+            if (
+                context in ("criterion", "gate", "routing")
+                and type(sub).__name__ == "PropertyCondition"
+            ):
+                problems.append(
+                    (
+                        sub_path,
+                        "an event property can only be tested in an action's 'when' or an event condition's 'where'",
+                    )
+                )
+            if context == "criterion" and type(sub).__name__ in (
+                "ScoreCondition",
+                "EventCondition",
+                "ComponentCondition",
+            ):
                 problems.append((sub_path, "a fit criterion can only test lead attributes (field)"))
-            if context == "action" and type(sub).__name__ not in ("FieldCondition", "PropertyCondition", "AllCondition", "AnyCondition", "NotCondition", "AtLeastCondition"):
-                problems.append((sub_path, "an action's 'when' can only test event properties and lead attributes"))
+            if context == "action" and type(sub).__name__ not in (
+                "FieldCondition",
+                "PropertyCondition",
+                "AllCondition",
+                "AnyCondition",
+                "NotCondition",
+                "AtLeastCondition",
+            ):
+                problems.append(
+                    (
+                        sub_path,
+                        "an action's 'when' can only test event properties and lead attributes",
+                    )
+                )
     for name, component in components.items():
         if component.requires is not None:
-            for sub, sub_path in walk_conditions(component.requires, ("components", name, "requires")):
+            for sub, sub_path in walk_conditions(
+                component.requires, ("components", name, "requires")
+            ):
                 if isinstance(sub, ComponentCondition) and sub.component == name:
                     problems.append((sub_path, f"component {name!r} cannot be gated on itself"))
                 if type(sub).__name__ in ("ScoreCondition", "LetterCondition", "TierCondition"):
-                    problems.append((sub_path, "a gate can test components, attributes and events, not the score it feeds"))
+                    problems.append(
+                        (
+                            sub_path,
+                            "a gate can test components, attributes and events, not the score it feeds",
+                        )
+                    )
 
     if ruleset.letter is not None and ruleset.letter.from_ not in components:
-        problems.append((("letter", "from"), f"refers to unknown component {ruleset.letter.from_!r}"))
+        problems.append(
+            (("letter", "from"), f"refers to unknown component {ruleset.letter.from_!r}")
+        )
     if ruleset.matrix is not None:
         if ruleset.score_bands is None:
             problems.append((("matrix",), "a matrix needs score_bands"))
         else:
             for letter, row in ruleset.matrix.items():
                 if len(row) != len(ruleset.score_bands):
-                    problems.append((("matrix", letter), f"row {letter} has {len(row)} actions for {len(ruleset.score_bands)} score bands"))
+                    problems.append(
+                        (
+                            ("matrix", letter),
+                            f"row {letter} has {len(row)} actions for {len(ruleset.score_bands)} score bands",
+                        )
+                    )
         if ruleset.letter is None:
             problems.append((("matrix",), "a matrix needs a letter"))
     if ruleset.workflows is not None:
@@ -112,15 +159,29 @@ def check_ruleset(ruleset: Ruleset) -> list[tuple[Path, str]]:
         if sla.stage not in stage_names:
             problems.append((("sla", i, "stage"), f"refers to unknown stage {sla.stage!r}"))
     if ruleset.next_action_from == "matrix" and ruleset.matrix is None:
-        problems.append((("next_action_from",), "next_action_from is matrix but there is no matrix"))
+        problems.append(
+            (("next_action_from",), "next_action_from is matrix but there is no matrix")
+        )
     if ruleset.next_action_from == "workflow" and ruleset.workflows is None:
-        problems.append((("next_action_from",), "next_action_from is workflow but there are no workflows"))
+        problems.append(
+            (("next_action_from",), "next_action_from is workflow but there are no workflows")
+        )
     for i, test in enumerate(ruleset.tests):
         problems.extend(check_expectation(test.expect, ("tests", i, "expect")))
     return problems
 
 
-EXPECTABLE = {"letter", "score", "tier", "stage", "components", "next_action", "owner", "stages_reached", "next_action_due"}
+EXPECTABLE = {
+    "letter",
+    "score",
+    "tier",
+    "stage",
+    "components",
+    "next_action",
+    "owner",
+    "stages_reached",
+    "next_action_due",
+}
 
 
 def check_expectation(expect: dict[str, Any], path: Path) -> list[tuple[Path, str]]:

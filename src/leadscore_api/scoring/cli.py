@@ -148,16 +148,33 @@ def _scoring_event(path: str, line: int, index: int, raw: Any) -> ScoringEvent |
         if not isinstance(raw.get(key, {}), dict):
             return Problem(path, line, f"event {index}: {key!r} must be an object")
     return ScoringEvent(
-        str(raw.get("id") or uuid.uuid4()), raw["type"], occurred, raw.get("properties") or {}, raw.get("attributes") or {}
+        str(raw.get("id") or uuid.uuid4()),
+        raw["type"],
+        occurred,
+        raw.get("properties") or {},
+        raw.get("attributes") or {},
     )
 
 
 @rules.command("eval")
 @click.argument("rules_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--lead", "lead_file", required=True, type=click.Path(exists=True, dir_okay=False), help="JSON: the lead's attributes, or an object with 'attributes'.")
-@click.option("--events", "events_file", type=click.Path(exists=True, dir_okay=False), help="JSON array or JSON lines of canonical events.")
+@click.option(
+    "--lead",
+    "lead_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON: the lead's attributes, or an object with 'attributes'.",
+)
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON array or JSON lines of canonical events.",
+)
 @click.option("--as-of", "as_of", help="RFC 3339 time to score at (default: now).")
-def eval_command(rules_file: str, lead_file: str, events_file: str | None, as_of: str | None) -> None:
+def eval_command(
+    rules_file: str, lead_file: str, events_file: str | None, as_of: str | None
+) -> None:
     """Score one lead offline and print the result as JSON."""
     try:
         loaded = load_ruleset_file(rules_file)

@@ -214,11 +214,15 @@ def compile_condition(condition: Any, counts: list[CountSpec]) -> Compiled:
 
         return Compiled(at_least, describe_at_least)
     if isinstance(condition, FieldCondition):
-        return _leaf(condition, lambda ctx, name=condition.field: ctx.attributes.get(name), condition.field)
+        return _leaf(condition, _getter("attributes", condition.field), condition.field)
     if isinstance(condition, PropertyCondition):
-        return _leaf(condition, lambda ctx, name=condition.property: ctx.properties.get(name), f"event {condition.property}")
+        return _leaf(
+            condition, _getter("properties", condition.property), f"event {condition.property}"
+        )
     if isinstance(condition, ComponentCondition):
-        return _leaf(condition, lambda ctx, name=condition.component: ctx.components.get(name, 0.0), condition.component)
+        return _leaf(
+            condition, _getter("components", condition.component, 0.0), condition.component
+        )
     if isinstance(condition, ScoreCondition):
         return _leaf(condition.score, lambda ctx: ctx.score, "score")
     if isinstance(condition, LetterCondition):
@@ -226,7 +230,9 @@ def compile_condition(condition: Any, counts: list[CountSpec]) -> Compiled:
     if isinstance(condition, TierCondition):
         return _leaf(condition.tier, lambda ctx: ctx.tier, "tier")
     if isinstance(condition, EventCondition):
-        types = frozenset([condition.event] if isinstance(condition.event, str) else condition.event)
+        types = frozenset(
+            [condition.event] if isinstance(condition.event, str) else condition.event
+        )
         where = compile_condition(condition.where, counts) if condition.where is not None else None
         within = parse_duration(condition.within).seconds if condition.within is not None else None
         spec = CountSpec(len(counts), types, where, within, condition.distinct)
@@ -240,6 +246,13 @@ def compile_condition(condition: Any, counts: list[CountSpec]) -> Compiled:
             lambda ctx: f"{label}: {ctx.counts.event_count(spec, ctx.now)} {count_words}",
         )
     raise TypeError(f"not a condition: {condition!r}")
+
+
+def _getter(mapping: str, key: str, default: Any = None) -> Callable[[Context], Any]:
+    def get(ctx: Context) -> Any:
+        return getattr(ctx, mapping).get(key, default)
+
+    return get
 
 
 def _leaf(ops: Operators, get: Callable[[Context], Any], name: str) -> Compiled:

@@ -102,7 +102,8 @@ class BusinessCalendar:
         remainder = days - int(days)
         if remainder:
             day_length = (
-                datetime.combine(moment.date(), self.end) - datetime.combine(moment.date(), self.start)
+                datetime.combine(moment.date(), self.end)
+                - datetime.combine(moment.date(), self.start)
             ).total_seconds()
             return self._add_hours(moment, remainder * day_length)
         return moment

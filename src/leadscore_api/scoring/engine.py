@@ -23,9 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from leadscore_api.scoring.conditions import Compiled, Context, CountSpec, compile_condition, count_in_window
+from leadscore_api.scoring.conditions import (
+    Compiled,
+    Context,
+    CountSpec,
+    compile_condition,
+    count_in_window,
+)
 from leadscore_api.scoring.durations import BusinessCalendar, Duration, parse_duration
-from leadscore_api.scoring.model import LETTERS, Ruleset
+from leadscore_api.scoring.model import Ruleset
 
 _LN2 = math.log(2.0)
 
@@ -67,7 +73,9 @@ class _Action:
     points: float
     when: Compiled | None
     limit_count: int | None
-    window: tuple[str, float] | None  # ("day", days) | ("week", weeks) | ("sec", seconds) | None = lifetime
+    window: (
+        tuple[str, float] | None
+    )  # ("day", days) | ("week", weeks) | ("sec", seconds) | None = lifetime
 
 
 @dataclass
@@ -155,9 +163,19 @@ class LeadState:
     def event_count(self, spec: CountSpec, now: float) -> int:
         entries = self.counts[spec.index]
         if spec.distinct is not None:
-            return len({value for ts, value in entries if ts <= now and (spec.within is None or ts > now - spec.within)})
+            return len(
+                {
+                    value
+                    for ts, value in entries
+                    if ts <= now and (spec.within is None or ts > now - spec.within)
+                }
+            )
         if spec.within is None:
-            return len(entries) if not entries or entries[-1] <= now else sum(1 for ts in entries if ts <= now)
+            return (
+                len(entries)
+                if not entries or entries[-1] <= now
+                else sum(1 for ts in entries if ts <= now)
+            )
         return count_in_window(entries, now, spec.within)
 
     def to_json(self) -> dict[str, Any]:
@@ -231,7 +249,9 @@ class ScoreResult:
             "stages_reached": sorted(self.stages_reached),
             "components": {k: round(v, 4) for k, v in self.components.items()},
             "next_action": self.next_action,
-            "next_action_due": _iso(self.next_action_due.timestamp()) if self.next_action_due else None,
+            "next_action_due": _iso(self.next_action_due.timestamp())
+            if self.next_action_due
+            else None,
             "owner": self.owner,
         }
 
@@ -248,7 +268,9 @@ class ScoreResult:
             "stages_reached": {k: _iso(v.timestamp()) for k, v in self.stages_reached.items()},
             "components": {k: round(v, 6) for k, v in self.components.items()},
             "next_action": self.next_action,
-            "next_action_due": _iso(self.next_action_due.timestamp()) if self.next_action_due else None,
+            "next_action_due": _iso(self.next_action_due.timestamp())
+            if self.next_action_due
+            else None,
             "owner": self.owner,
             "sla": self.sla,
             "requalify_due": _iso(self.requalify_due.timestamp()) if self.requalify_due else None,
@@ -286,7 +308,10 @@ class Scorer:
         self.component_index: dict[str, int] = {}
         for c_index, (name, spec) in enumerate(ruleset.components.items()):
             self.component_index[name] = c_index
-            criteria = [_Criterion(c.id, c.points, compile_condition(c.when, self.counts)) for c in spec.criteria]
+            criteria = [
+                _Criterion(c.id, c.points, compile_condition(c.when, self.counts))
+                for c in spec.criteria
+            ]
             actions = []
             for a in spec.actions:
                 action = _Action(
@@ -310,9 +335,21 @@ class Scorer:
                     assert spec.decay.expire_after is not None
                     expire = parse_duration(spec.decay.expire_after).seconds
                     decay_text = f"expires after {spec.decay.expire_after}"
-            requires = compile_condition(spec.requires, self.counts) if spec.requires is not None else None
+            requires = (
+                compile_condition(spec.requires, self.counts) if spec.requires is not None else None
+            )
             self.components.append(
-                _Component(c_index, name, spec.max, criteria, actions, requires, half_life, expire, decay_text)
+                _Component(
+                    c_index,
+                    name,
+                    spec.max,
+                    criteria,
+                    actions,
+                    requires,
+                    half_life,
+                    expire,
+                    decay_text,
+                )
             )
         self.gated = [c for c in self.components if c.requires is not None]
         self.actions_by_type: dict[str, list[_Action]] = {}
@@ -320,13 +357,20 @@ class Scorer:
             for a_spec, action in zip(spec.actions, self.components[c_index].actions, strict=True):
                 for event_type in [a_spec.on] if isinstance(a_spec.on, str) else a_spec.on:
                     self.actions_by_type.setdefault(event_type, []).append(action)
-        self.stages = [_Stage(name, compile_condition(s.when, self.counts), s.demote) for name, s in ruleset.stages.items()]
-        self.routing = [(rule.owner, compile_condition(rule.when, self.counts)) for rule in ruleset.routing]
+        self.stages = [
+            _Stage(name, compile_condition(s.when, self.counts), s.demote)
+            for name, s in ruleset.stages.items()
+        ]
+        self.routing = [
+            (rule.owner, compile_condition(rule.when, self.counts)) for rule in ruleset.routing
+        ]
         self.counts_by_type: dict[str, list[CountSpec]] = {}
-        for spec in self.counts:
-            for event_type in spec.types:
-                self.counts_by_type.setdefault(event_type, []).append(spec)
-        self.slas = [_Sla(s.id, s.stage, parse_duration(s.within), frozenset(s.met_by)) for s in ruleset.sla]
+        for count in self.counts:
+            for event_type in count.types:
+                self.counts_by_type.setdefault(event_type, []).append(count)
+        self.slas = [
+            _Sla(s.id, s.stage, parse_duration(s.within), frozenset(s.met_by)) for s in ruleset.sla
+        ]
         self.sla_by_type: dict[str, list[_Sla]] = {}
         for sla in self.slas:
             for event_type in sla.met_by:
@@ -352,7 +396,9 @@ class Scorer:
         """Fold one event into the state, at the event's own time."""
         ts = event.occurred_at.timestamp()
         if state.last_ts is not None and (ts, event.id) <= (state.last_ts, state.last_id or ""):
-            raise OutOfOrderEvent(f"event {event.id} at {_iso(ts)} is not after the last applied one")
+            raise OutOfOrderEvent(
+                f"event {event.id} at {_iso(ts)} is not after the last applied one"
+            )
         state.last_ts = ts
         state.last_id = event.id
         state.n_events += 1
@@ -375,9 +421,9 @@ class Scorer:
                 touched = True
                 slot = state.actions[action.index]
                 if action.limit_count is not None:
-                    key = self._window_key(action.window, ts)
-                    if slot[4] != key:
-                        slot[4] = key
+                    window = self._window_key(action.window, ts)
+                    if slot[4] != window:
+                        slot[4] = window
                         slot[5] = 0
                     if slot[5] >= action.limit_count:
                         slot[3] += 1
@@ -390,7 +436,9 @@ class Scorer:
                     slot[0] = slot[0] * factor + action.points
                     slot[1] = ts
                     cv = state.comp_values[action.component]
-                    cv[0] = cv[0] * math.exp(-(ts - cv[1]) * _LN2 / component.half_life) + action.points
+                    cv[0] = (
+                        cv[0] * math.exp(-(ts - cv[1]) * _LN2 / component.half_life) + action.points
+                    )
                     cv[1] = ts
                 elif component.expire_after is not None:
                     alive = state.live.setdefault(action.index, [])
@@ -445,9 +493,15 @@ class Scorer:
                 if stage.name in state.stages and not stage.demote:
                     continue
                 if stage.name not in state.stages and stage.when.test(ctx):
-                    state.stages[stage.name] = {"at": ts, "event_id": event_id, "because": stage.when.describe(ctx)}
+                    state.stages[stage.name] = {
+                        "at": ts,
+                        "event_id": event_id,
+                        "because": stage.when.describe(ctx),
+                    }
 
-    def replay(self, events: Iterable[ScoringEvent], as_of: datetime) -> tuple[LeadState, ScoreResult]:
+    def replay(
+        self, events: Iterable[ScoringEvent], as_of: datetime
+    ) -> tuple[LeadState, ScoreResult]:
         """Score from scratch: every event up to ``as_of``, in (occurred_at, id) order, once."""
         limit = as_of.timestamp()
         unique: dict[str, tuple[float, ScoringEvent]] = {}
@@ -466,7 +520,8 @@ class Scorer:
         if state._crit is None:
             ctx = Context(state.attributes)
             state._crit = [
-                sum(c.points for c in component.criteria if c.when.test(ctx)) for component in self.components
+                sum(c.points for c in component.criteria if c.when.test(ctx))
+                for component in self.components
             ]
         return state._crit
 
@@ -478,7 +533,12 @@ class Scorer:
             return float(value * math.exp(-(now - t_ref) * _LN2 / component.half_life))
         if component.expire_after is not None:
             cutoff = now - component.expire_after
-            return sum(p for a in component.actions for ts, p in state.live.get(a.index, ()) if cutoff < ts <= now)
+            return sum(
+                p
+                for a in component.actions
+                for ts, p in state.live.get(a.index, ())
+                if cutoff < ts <= now
+            )
         return float(state.comp_values[component.index][0])
 
     def _measure(self, state: LeadState, now: float) -> _Measure:
@@ -488,30 +548,34 @@ class Scorer:
         for component in self.components:
             points = criteria[component.index] + self._action_points(state, component, now)
             raw.append(points)
-            values.append(0.0 if points < 0.0 else component.max if points > component.max else points)
+            values.append(
+                0.0 if points < 0.0 else component.max if points > component.max else points
+            )
         gates: list[bool | None] = [None] * len(values)
         for component in self.gated:
             assert component.requires is not None
             named = {c.name: values[c.index] for c in self.components}
-            holds = component.requires.test(Context(state.attributes, components=named, counts=state, now=now))
+            holds = component.requires.test(
+                Context(state.attributes, components=named, counts=state, now=now)
+            )
             gates[component.index] = holds
             if not holds:
                 values[component.index] = 0.0
         total = sum(values)
         exact = round(0.0 if total < 0.0 else 100.0 if total > 100.0 else total, 9)
-        score = int(math.floor(exact + 0.5))
-        letter = None
+        score = math.floor(exact + 0.5)
+        letter: str | None = None
         if self.letter_from is not None:
             fit = values[self.letter_from]
-            letter = LETTERS[-1]
+            letter = "D"
             for threshold, name in self.letter_bands:
                 if fit >= threshold:
                     letter = name
                     break
         tier = None
-        for threshold, name in self.tier_bands:
+        for threshold, tier_name in self.tier_bands:
             if score >= threshold:
-                tier = name
+                tier = tier_name
                 break
         return _Measure(values, raw, gates, exact, score, letter, tier)
 
@@ -593,10 +657,13 @@ class Scorer:
                     "started_at": _iso(reached),
                     "due": _iso(deadline),
                     "met_at": _iso(met),
-                    "breached": (met is None and now > deadline) or (met is not None and met > deadline),
+                    "breached": (met is None and now > deadline)
+                    or (met is not None and met > deadline),
                 }
             )
-        explanation = self._explain(state, measure, ctx, now, stage, next_action, action_reason, owner, owner_reason)
+        explanation = self._explain(
+            state, measure, ctx, now, stage, next_action, action_reason, owner, owner_reason
+        )
         return ScoreResult(
             ruleset=ruleset.ruleset,
             version=ruleset.version,
@@ -607,7 +674,9 @@ class Scorer:
             components={c.name: measure.values[c.index] for c in self.components},
             tier=measure.tier,
             stage=stage,
-            stages_reached={name: datetime.fromtimestamp(info["at"], UTC) for name, info in state.stages.items()},
+            stages_reached={
+                name: datetime.fromtimestamp(info["at"], UTC) for name, info in state.stages.items()
+            },
             next_action=next_action,
             next_action_due=_dt(due),
             owner=owner,
@@ -631,17 +700,32 @@ class Scorer:
                 low = middle
         return math.ceil(high)
 
-    def _next_action(self, measure: _Measure, tier_since: float | None) -> tuple[str | None, float | None, str | None]:
+    def _next_action(
+        self, measure: _Measure, tier_since: float | None
+    ) -> tuple[str | None, float | None, str | None]:
         ruleset = self.ruleset
-        if self.next_action_from == "matrix" and ruleset.matrix and ruleset.score_bands and measure.letter:
+        if (
+            self.next_action_from == "matrix"
+            and ruleset.matrix
+            and ruleset.score_bands
+            and measure.letter
+        ):
             band = max(i for i, low in enumerate(ruleset.score_bands) if measure.score >= low)
             row = ruleset.matrix.get(measure.letter)  # type: ignore[call-overload]
             if row is None:
                 return None, None, f"the matrix has no row for letter {measure.letter}"
             bands = ruleset.score_bands
             upper = f"{bands[band + 1] - 1:g}" if band + 1 < len(bands) else "100"
-            return row[band], None, f"matrix: letter {measure.letter} × score {measure.score} (band {bands[band]:g}–{upper})"
-        if self.next_action_from == "workflow" and ruleset.workflows and measure.tier in ruleset.workflows:
+            return (
+                row[band],
+                None,
+                f"matrix: letter {measure.letter} × score {measure.score} (band {bands[band]:g}–{upper})",
+            )
+        if (
+            self.next_action_from == "workflow"
+            and ruleset.workflows
+            and measure.tier in ruleset.workflows
+        ):
             workflow = ruleset.workflows[measure.tier]
             due = None
             reason = f"workflow for tier {measure.tier}"
@@ -678,7 +762,12 @@ class Scorer:
             for criterion in component.criteria:
                 if criterion.when.test(attr_ctx):
                     rules.append(
-                        {"rule": criterion.id, "kind": "criterion", "points": criterion.points, "because": criterion.when.describe(attr_ctx)}
+                        {
+                            "rule": criterion.id,
+                            "kind": "criterion",
+                            "points": criterion.points,
+                            "because": criterion.when.describe(attr_ctx),
+                        }
                     )
             for action in component.actions:
                 slot = state.actions[action.index]
@@ -688,7 +777,9 @@ class Scorer:
                     points = slot[0] * math.exp(-(now - slot[1]) * _LN2 / component.half_life)
                 elif component.expire_after is not None:
                     cutoff = now - component.expire_after
-                    points = sum(p for ts, p in state.live.get(action.index, ()) if cutoff < ts <= now)
+                    points = sum(
+                        p for ts, p in state.live.get(action.index, ()) if cutoff < ts <= now
+                    )
                 else:
                     points = slot[0]
                 entry: dict[str, Any] = {
@@ -711,8 +802,13 @@ class Scorer:
                 "rules": rules,
             }
             if component.requires is not None:
-                gate_ctx = Context(state.attributes, components=ctx.components, counts=state, now=now)
-                info["gate"] = {"holds": bool(gate), "because": component.requires.describe(gate_ctx)}
+                gate_ctx = Context(
+                    state.attributes, components=ctx.components, counts=state, now=now
+                )
+                info["gate"] = {
+                    "holds": bool(gate),
+                    "because": component.requires.describe(gate_ctx),
+                }
             components[component.name] = info
         explanation: dict[str, Any] = {
             "score": {
@@ -724,20 +820,29 @@ class Scorer:
         }
         if self.letter_from is not None and measure.letter is not None:
             source = self.components[self.letter_from]
-            threshold = next(t for t, name in self.letter_bands if name == measure.letter) if any(
-                name == measure.letter for _, name in self.letter_bands
-            ) else 0
+            threshold = (
+                next(t for t, name in self.letter_bands if name == measure.letter)
+                if any(name == measure.letter for _, name in self.letter_bands)
+                else 0
+            )
             explanation["letter"] = {
                 "value": measure.letter,
                 "because": f"{source.name} {measure.values[self.letter_from]:g} ≥ {threshold:g} (band {measure.letter})",
             }
         if measure.tier is not None:
             threshold = next(t for t, name in self.tier_bands if name == measure.tier)
-            explanation["tier"] = {"value": measure.tier, "because": f"score {measure.score} ≥ {threshold:g}"}
+            explanation["tier"] = {
+                "value": measure.tier,
+                "because": f"score {measure.score} ≥ {threshold:g}",
+            }
         explanation["stage"] = {
             "value": stage,
             "reached": {
-                name: {"at": _iso(info["at"]), "event_id": info["event_id"], "because": info["because"]}
+                name: {
+                    "at": _iso(info["at"]),
+                    "event_id": info["event_id"],
+                    "because": info["because"],
+                }
                 for name, info in state.stages.items()
             },
         }
@@ -790,7 +895,13 @@ def transitions_between(
             out.append(Transition(f"lead.{name}", old_stage, name, at, event_id))
     if previous is not None:
         if previous.get("tier") != result.tier:
-            out.append(Transition("lead.tier_changed", previous.get("tier"), result.tier, at, event_id))
+            out.append(
+                Transition("lead.tier_changed", previous.get("tier"), result.tier, at, event_id)
+            )
         if previous.get("letter") != result.letter:
-            out.append(Transition("lead.letter_changed", previous.get("letter"), result.letter, at, event_id))
+            out.append(
+                Transition(
+                    "lead.letter_changed", previous.get("letter"), result.letter, at, event_id
+                )
+            )
     return out

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from leadscore_api.scoring.checks import check_ruleset
-from leadscore_api.scoring.model import RuleTest, Ruleset
+from leadscore_api.scoring.model import Ruleset, RuleTest
 
 if TYPE_CHECKING:
     from leadscore_api.scoring.engine import Scorer
@@ -66,10 +66,12 @@ class _LineLoader(yaml.SafeLoader):
     """A safe loader that refuses duplicate keys, which plain YAML silently overwrites."""
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(
+    loader: _LineLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -78,10 +80,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)  # type: ignore[no-untyped-call]
+    return loader.construct_mapping(node, deep=deep)
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)  # type: ignore[arg-type]
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 # Timestamps stay strings (the models parse them, with clearer messages than PyYAML's), and
 # only true/false are booleans: YAML 1.1 would read the key `on:` of an action as True.
 _LineLoader.yaml_implicit_resolvers = {
@@ -111,16 +113,22 @@ def _line_of(root: yaml.Node | None, loc: Loc) -> int:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
-                if key_node.value == part or (part == "not_" and key_node.value == "not") or (
-                    part == "in_" and key_node.value == "in"
-                ) or (part == "from_" and key_node.value == "from"):
+                if (
+                    key_node.value == part
+                    or (part == "not_" and key_node.value == "not")
+                    or (part == "in_" and key_node.value == "in")
+                    or (part == "from_" and key_node.value == "from")
+                ):
                     node = value_node
                     line = key_node.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
     return line
 
 
@@ -150,7 +158,19 @@ def _dotted(loc: Loc) -> str:
     return text
 
 
-_UNION_TAGS = {"all", "any", "not", "at_least", "field", "property", "component", "score", "letter", "tier", "event"}
+_UNION_TAGS = {
+    "all",
+    "any",
+    "not",
+    "at_least",
+    "field",
+    "property",
+    "component",
+    "score",
+    "letter",
+    "tier",
+    "event",
+}
 
 
 def _message(error: Any) -> tuple[Loc, str]:
@@ -176,8 +196,8 @@ def _message(error: Any) -> tuple[Loc, str]:
 
 def parse_yaml(text: str, filename: str) -> tuple[Any, yaml.Node | None]:
     try:
-        root = yaml.compose(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -191,19 +211,30 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, yaml.Node | None]:
 def load_ruleset_text(text: str, filename: str = "<text>") -> LoadedRuleset:
     data, root = parse_yaml(text, filename)
     if not isinstance(data, dict):
-        raise RuleFileError([Problem(filename, 1, "a ruleset file must be a mapping with ruleset, version and components")])
+        raise RuleFileError(
+            [
+                Problem(
+                    filename,
+                    1,
+                    "a ruleset file must be a mapping with ruleset, version and components",
+                )
+            ]
+        )
     try:
         ruleset = Ruleset.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            loc, message = _message(error)
+            _, message = _message(error)
             problems.append(Problem(filename, _line_of(root, tuple(error["loc"])), message))
         raise RuleFileError(_unique(problems)) from None
     semantic = check_ruleset(ruleset)
     if semantic:
         raise RuleFileError(
-            [Problem(filename, _line_of(root, path), f"{_dotted(path)}: {message}") for path, message in semantic]
+            [
+                Problem(filename, _line_of(root, path), f"{_dotted(path)}: {message}")
+                for path, message in semantic
+            ]
         )
     return LoadedRuleset(
         name=ruleset.ruleset,
@@ -240,7 +271,9 @@ def ruleset_files(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+            files.extend(
+                sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            )
         else:
             files.append(path)
     return files
@@ -259,7 +292,9 @@ def load_ruleset_paths(paths: Iterable[str | Path]) -> dict[str, LoadedRuleset]:
     problems: list[Problem] = []
     files = ruleset_files(paths)
     if not files:
-        raise RuleFileError([Problem(", ".join(str(p) for p in paths), 1, "no ruleset files (*.yaml) found")])
+        raise RuleFileError(
+            [Problem(", ".join(str(p) for p in paths), 1, "no ruleset files (*.yaml) found")]
+        )
     for file in files:
         try:
             ruleset = load_ruleset_file(file)
@@ -267,7 +302,13 @@ def load_ruleset_paths(paths: Iterable[str | Path]) -> dict[str, LoadedRuleset]:
             problems.extend(exc.problems)
             continue
         if ruleset.name in loaded:
-            problems.append(Problem(str(file), 1, f"ruleset {ruleset.name!r} is also defined in {loaded[ruleset.name].path}"))
+            problems.append(
+                Problem(
+                    str(file),
+                    1,
+                    f"ruleset {ruleset.name!r} is also defined in {loaded[ruleset.name].path}",
+                )
+            )
             continue
         loaded[ruleset.name] = ruleset
     if problems:
@@ -298,12 +339,24 @@ def load_test_files(directory: Path) -> list[TestFile]:
         except RuleFileError as exc:
             problems.extend(exc.problems)
             continue
-        if not isinstance(data, dict) or not isinstance(data.get("ruleset"), str) or not isinstance(data.get("tests"), list):
-            problems.append(Problem(str(path), 1, "a rule test file needs 'ruleset: NAME' and a list 'tests'"))
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("ruleset"), str)
+            or not isinstance(data.get("tests"), list)
+        ):
+            problems.append(
+                Problem(str(path), 1, "a rule test file needs 'ruleset: NAME' and a list 'tests'")
+            )
             continue
         unknown = set(data) - {"ruleset", "tests"}
         if unknown:
-            problems.append(Problem(str(path), _line_of(root, (sorted(unknown)[0],)), f"unknown field {sorted(unknown)[0]!r}"))
+            problems.append(
+                Problem(
+                    str(path),
+                    _line_of(root, (sorted(unknown)[0],)),
+                    f"unknown field {sorted(unknown)[0]!r}",
+                )
+            )
             continue
         tests: list[RuleTest] = []
         for i, item in enumerate(data["tests"]):

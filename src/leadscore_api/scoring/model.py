@@ -9,7 +9,7 @@ each problem can be reported precisely.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -171,7 +171,12 @@ class EventCondition(Strict):
     def _where_shorthand(cls, value: Any) -> Any:
         keys = {"all", "any", "not", "at_least", "field", "property"}
         if isinstance(value, dict) and not (keys & value.keys()):
-            return {"all": [{"property": k, **v} if isinstance(v, dict) else {"property": k, "eq": v} for k, v in value.items()]}
+            return {
+                "all": [
+                    {"property": k, **v} if isinstance(v, dict) else {"property": k, "eq": v}
+                    for k, v in value.items()
+                ]
+            }
         return value
 
 
@@ -183,26 +188,36 @@ def _condition_tag(value: Any) -> str | None:
         keys = {f if f != "not_" else "not" for f in type(value).model_fields}
     else:
         return None
-    for tag in ("all", "any", "not", "at_least", "field", "property", "component", "score", "letter", "tier", "event"):
+    for tag in (
+        "all",
+        "any",
+        "not",
+        "at_least",
+        "field",
+        "property",
+        "component",
+        "score",
+        "letter",
+        "tier",
+        "event",
+    ):
         if tag in keys:
             return tag
     return None
 
 
 Condition = Annotated[
-    Union[
-        Annotated[AllCondition, Tag("all")],
-        Annotated[AnyCondition, Tag("any")],
-        Annotated[NotCondition, Tag("not")],
-        Annotated[AtLeastCondition, Tag("at_least")],
-        Annotated[FieldCondition, Tag("field")],
-        Annotated[PropertyCondition, Tag("property")],
-        Annotated[ComponentCondition, Tag("component")],
-        Annotated[ScoreCondition, Tag("score")],
-        Annotated[LetterCondition, Tag("letter")],
-        Annotated[TierCondition, Tag("tier")],
-        Annotated[EventCondition, Tag("event")],
-    ],
+    Annotated[AllCondition, Tag("all")]
+    | Annotated[AnyCondition, Tag("any")]
+    | Annotated[NotCondition, Tag("not")]
+    | Annotated[AtLeastCondition, Tag("at_least")]
+    | Annotated[FieldCondition, Tag("field")]
+    | Annotated[PropertyCondition, Tag("property")]
+    | Annotated[ComponentCondition, Tag("component")]
+    | Annotated[ScoreCondition, Tag("score")]
+    | Annotated[LetterCondition, Tag("letter")]
+    | Annotated[TierCondition, Tag("tier")]
+    | Annotated[EventCondition, Tag("event")],
     Discriminator(
         _condition_tag,
         custom_error_type="condition",
@@ -342,10 +357,15 @@ class RoutingRule(Strict):
     owner: str = Field(min_length=1)
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+def _office_week() -> list[Weekday]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
 class Calendar(Strict):
-    working_days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1
-    )
+    working_days: list[Weekday] = Field(default_factory=_office_week, min_length=1)
     working_hours: tuple[str, str] = ("09:00", "18:00")
 
     @field_validator("working_hours")
@@ -444,7 +464,18 @@ class Ruleset(Strict):
         return value
 
 
-for _model in (AllCondition, AnyCondition, NotCondition, AtLeastCondition, EventCondition):
-    _model.model_rebuild()
-for _model in (Criterion, Action, Component, StageSpec, RoutingRule, Ruleset):
+_RECURSIVE: tuple[type[BaseModel], ...] = (
+    AllCondition,
+    AnyCondition,
+    NotCondition,
+    AtLeastCondition,
+    EventCondition,
+    Criterion,
+    Action,
+    Component,
+    StageSpec,
+    RoutingRule,
+    Ruleset,
+)
+for _model in _RECURSIVE:
     _model.model_rebuild()

@@ -67,7 +67,10 @@ def scenario_events(test: RuleTest, as_of: datetime) -> list[ScoringEvent]:
         timed.append((at, event.id or f"t{i:03d}-{k:03d}", event))
     start = min([t for t, _, _ in timed] + [as_of]) - timedelta(minutes=1)
     events = [ScoringEvent("t-lead", "lead.attributes_updated", start, {}, dict(test.lead))]
-    events += [ScoringEvent(eid, e.type, at, dict(e.properties), dict(e.attributes)) for at, eid, e in timed]
+    events += [
+        ScoringEvent(eid, e.type, at, dict(e.properties), dict(e.attributes))
+        for at, eid, e in timed
+    ]
     return events
 
 
