@@ -65,7 +65,9 @@ def make_events(n_events: int, n_leads: int, seed: int = 7) -> list[list[Scoring
             }
         when = start + timedelta(seconds=offset)
         per_lead[lead].append((offset, ScoringEvent(f"e{i}", kind, when, properties, attributes)))
-    return [[event for _, event in sorted(events, key=lambda p: (p[0], p[1].id))] for events in per_lead]
+    return [
+        [event for _, event in sorted(events, key=lambda p: (p[0], p[1].id))] for events in per_lead
+    ]
 
 
 def main() -> None:
@@ -77,7 +79,9 @@ def main() -> None:
     rulesets = load_rules_dir(args.rules)
     t0 = time.perf_counter()
     leads = make_events(args.events, args.leads)
-    print(f"generated {args.events:,} events for {args.leads:,} leads in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"generated {args.events:,} events for {args.leads:,} leads in {time.perf_counter() - t0:.1f} s"
+    )
     as_of = datetime(2026, 4, 1, tzinfo=UTC)
     for name, loaded in sorted(rulesets.items()):
         scorer = loaded.scorer

@@ -35,7 +35,10 @@ KNOWN_EVENT_TYPES = frozenset(
 
 
 def normalise_email(email: str) -> str:
-    """Identity key for an email: trimmed and lower-cased (local parts are case-insensitive in practice)."""
+    """Identity key for an email: trimmed and lower-cased.
+
+    Local parts are case-sensitive in theory and case-insensitive in practice.
+    """
     return email.strip().lower()
 
 
@@ -77,7 +80,9 @@ class CanonicalEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=200, description="Idempotency key: the same id is applied once.")
+    id: str = Field(
+        min_length=1, max_length=200, description="Idempotency key: the same id is applied once."
+    )
     type: str = Field(min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
     occurred_at: datetime = Field(description="RFC 3339 with a zone.")
     lead: LeadRef

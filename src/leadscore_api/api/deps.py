@@ -1,0 +1,112 @@
+"""Dependencies shared by the routers, as ``Annotated`` aliases.
+
+The app keeps its collaborators on ``app.state`` (settings, session factories, rulesets,
+metrics), so routers written by other subsystems reach them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from leadscore_api.api.metrics import Metrics
+from leadscore_api.api.problems import Problem
+from leadscore_api.config import Settings
+from leadscore_api.service.api_keys import Principal, admin_principal, key_principal
+from leadscore_api.service.registry import RulesetRegistry
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> RulesetRegistry:
+    registry: RulesetRegistry = request.app.state.registry
+    return registry
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    """A session for reads (on SQLite it does not take the write lock)."""
+    factory: sessionmaker[Session] = request.app.state.read_session_factory
+    with factory() as session:
+        yield session
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[RulesetRegistry, Depends(get_registry)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer lsk_...` (or the bootstrap admin key).",
+)
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+class RequireScope:
+    """Authenticate the caller and insist on one scope: 401 without a valid key, 403 without it."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        if credentials is None or not credentials.credentials:
+            raise Problem(
+                401,
+                "send an API key as `Authorization: Bearer <key>`",
+                slug="unauthenticated",
+                headers=_CHALLENGE,
+            )
+        settings: Settings = request.app.state.settings
+        factory: sessionmaker[Session] = request.app.state.read_session_factory
+        presented = credentials.credentials
+        principal = admin_principal(presented, settings.admin_api_key)
+        if principal is None:
+            with factory() as session:
+                principal = key_principal(session, presented)
+        if principal is None:
+            raise Problem(
+                401,
+                "the API key is not valid (unknown, malformed or revoked)",
+                slug="unauthenticated",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if not principal.has(self.scope):
+            raise Problem(
+                403,
+                f"this API key lacks the scope {self.scope!r}",
+                slug="forbidden",
+            )
+        request.state.principal = principal
+        return principal
+
+
+EventsWriter = Annotated[Principal, Depends(RequireScope("events:write"))]
+LeadsReader = Annotated[Principal, Depends(RequireScope("leads:read"))]
+LeadsWriter = Annotated[Principal, Depends(RequireScope("leads:write"))]
+RulesAdmin = Annotated[Principal, Depends(RequireScope("rules:admin"))]
+WebhooksAdmin = Annotated[Principal, Depends(RequireScope("webhooks:admin"))]
+KeysAdmin = Annotated[Principal, Depends(RequireScope("keys:admin"))]

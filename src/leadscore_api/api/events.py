@@ -1,0 +1,115 @@
+"""``POST /v1/events``: one canonical event or a batch, answered per event."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from leadscore_api.api.deps import (
+    EventsWriter,
+    MetricsDep,
+    RegistryDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
+from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service.ingest import EventBodyError, parse_body, run_ingest
+
+router = APIRouter(tags=["events"])
+
+
+class EventResultOut(BaseModel):
+    id: str | None = Field(description="The event's id (null if the item had none).")
+    status: str = Field(description="`accepted`, `duplicate` or `rejected`.")
+    lead_id: str | None = None
+    error: str | None = Field(default=None, description="Why it was rejected, naming the field.")
+    unknown_type: bool = Field(
+        default=False, description="The type is not one the service knows: stored, scores nothing."
+    )
+    warning: str | None = Field(
+        default=None,
+        description="Accepted, but something needs a look (e.g. identities of two leads).",
+    )
+
+
+class EventsOut(BaseModel):
+    results: list[EventResultOut]
+
+
+async def json_body(request: Request) -> Any:
+    """The request body as JSON; 400 when it is not JSON (read under the body-size limit)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise Problem(400, "the request body is empty; send JSON", slug="invalid-json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(
+            400, f"the request body is not valid JSON: {exc}", slug="invalid-json"
+        ) from None
+
+
+_BODY_SCHEMA = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"$ref": "#/components/schemas/CanonicalEvent"},
+                    {
+                        "type": "object",
+                        "title": "EventBatch",
+                        "required": ["events"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/CanonicalEvent"},
+                            }
+                        },
+                    },
+                ]
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/v1/events",
+    response_model=EventsOut,
+    summary="Ingest one event or a batch",
+    openapi_extra={"requestBody": _BODY_SCHEMA},
+    responses=problem_responses(400, 401, 403, 413, 422),
+)
+async def post_events(
+    _principal: EventsWriter,
+    body: Annotated[Any, Depends(json_body)],
+    settings: SettingsDep,
+    registry: RegistryDep,
+    session_factory: SessionFactoryDep,
+    metrics: MetricsDep,
+) -> dict[str, Any]:
+    """Each event is stored once (its `id` is the idempotency key), scored, and recorded.
+
+    Results come back in input order. In a batch an invalid event is `rejected` with an error
+    naming the field while the others are applied; a single invalid event is a 422 problem.
+    """
+    try:
+        items, _is_batch = parse_body(body, settings.max_batch_size)
+    except EventBodyError as exc:
+        raise Problem(
+            422, str(exc), slug="validation", title="Invalid request", errors=exc.errors
+        ) from None
+    results = await run_in_threadpool(run_ingest, session_factory, registry, settings, items)
+    metrics.record_ingest(results)
+    return {"results": [result.to_api() for result in results]}
+
+
+#: Registered so that ``CanonicalEvent`` appears under components/schemas for the $ref above.
+EVENT_SCHEMA_MODELS: list[type[BaseModel]] = [CanonicalEvent]

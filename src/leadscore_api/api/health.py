@@ -1,0 +1,58 @@
+"""Liveness, readiness and Prometheus metrics (no authentication, as probes expect)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from leadscore_api.api.deps import MetricsDep
+from leadscore_api.api.problems import Problem, problem_responses
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _database_ok(request: Request) -> str | None:
+    try:
+        with request.app.state.read_session_factory() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"database unreachable: {type(exc).__name__}"
+    return None
+
+
+@router.get(
+    "/readyz",
+    summary="The database answers and the rulesets are loaded",
+    responses=problem_responses(503),
+)
+async def readyz(request: Request) -> dict[str, Any]:
+    registry = getattr(request.app.state, "registry", None)
+    problems: list[str] = []
+    if registry is None or not registry.rulesets:
+        problems.append("no ruleset loaded")
+    database_problem = await run_in_threadpool(_database_ok, request)
+    if database_problem:
+        problems.append(database_problem)
+    if not getattr(request.app.state, "started", False):
+        problems.append("still starting")
+    if problems or registry is None:
+        raise Problem(503, "; ".join(problems), slug="not-ready")
+    return {
+        "status": "ready",
+        "rulesets": {name: loaded.version for name, loaded in registry.rulesets.items()},
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

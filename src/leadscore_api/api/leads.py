@@ -1,0 +1,277 @@
+"""The CRM API for leads: read, list, history, explain, update, merge, erase."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from leadscore_api.api.deps import (
+    LeadsReader,
+    LeadsWriter,
+    ReadSessionDep,
+    RegistryDep,
+    SessionFactoryDep,
+)
+from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.service import leads as service
+from leadscore_api.service.ingest import in_transaction, lead_to_api
+
+router = APIRouter(tags=["leads"])
+
+LeadId = Annotated[str, Path(min_length=1, max_length=40, description="The lead's id.")]
+Cursor = Annotated[
+    str | None,
+    Query(max_length=2000, description="`next_cursor` from the previous page."),
+]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+
+
+class RulesetRef(BaseModel):
+    name: str | None
+    version: int | None
+
+
+class LeadOut(BaseModel):
+    id: str
+    email: str | None
+    external_id: str | None
+    attributes: dict[str, Any]
+    letter: str | None = Field(description="A, B, C or D (from fit).")
+    score: int = Field(description="0–100; the exact value is in `explain`.")
+    tier: str | None = Field(description="hot, warm or cold.")
+    stage: str = Field(description="lead, mql, sql, or a stage the ruleset adds.")
+    components: dict[str, float]
+    next_action: str | None
+    next_action_due: datetime | None
+    owner: str | None
+    ruleset: RulesetRef
+    models: dict[str, dict[str, Any]] = Field(
+        description="Summaries under the other active rulesets, by ruleset name."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class LeadList(BaseModel):
+    items: list[LeadOut]
+    next_cursor: str | None
+
+
+class HistoryItem(BaseModel):
+    id: int
+    changed_at: datetime
+    cause: str = Field(description="event, attributes (API update), merge or rescore.")
+    event_id: str | None = Field(description="The latest event folded into this change.")
+    event_ids: list[str] = Field(description="Every event of the request folded into it.")
+    event_type: str | None
+    ruleset: dict[str, Any]
+    previous: dict[str, Any] | None
+    current: dict[str, Any]
+    explanation: dict[str, Any]
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None
+
+
+class AttributesUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, Any] = Field(
+        description="Attributes to set; a null value removes the attribute.",
+        examples=[{"role": "CEO", "employees": 120}],
+    )
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    other_lead_id: str = Field(min_length=1, max_length=40)
+
+
+class ErasureOut(BaseModel):
+    erased: bool
+    counts: dict[str, int]
+
+
+def _not_found(lead_id: str) -> Problem:
+    return Problem(404, f"no lead with id {lead_id!r}", slug="lead-not-found")
+
+
+def _lead_or_404(session: Session, lead_id: str) -> Any:
+    lead = service.get_lead(session, lead_id)
+    if lead is None:
+        raise _not_found(lead_id)
+    return lead
+
+
+@router.get(
+    "/v1/leads",
+    response_model=LeadList,
+    summary="Find or list leads",
+    responses=problem_responses(400, 401, 403, 422),
+)
+def list_leads(
+    _principal: LeadsReader,
+    session: ReadSessionDep,
+    email: Annotated[str | None, Query(max_length=320)] = None,
+    external_id: Annotated[str | None, Query(max_length=200)] = None,
+    tier: Annotated[str | None, Query(max_length=40)] = None,
+    stage: Annotated[str | None, Query(max_length=40)] = None,
+    letter: Annotated[str | None, Query(max_length=8)] = None,
+    min_score: Annotated[int | None, Query(ge=0, le=100)] = None,
+    owner: Annotated[str | None, Query(max_length=200)] = None,
+    updated_since: Annotated[AwareDatetime | None, Query()] = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """Leads ordered by last update (oldest first), with an opaque cursor for the next page."""
+    filters = service.LeadFilters(
+        email=email,
+        external_id=external_id,
+        tier=tier,
+        stage=stage,
+        letter=letter,
+        min_score=min_score,
+        owner=owner,
+        updated_since=updated_since,
+    )
+    try:
+        leads, next_cursor = service.list_leads(session, filters, cursor, limit)
+    except service.BadCursor as exc:
+        raise Problem(
+            400,
+            f"cursor: {exc}",
+            slug="bad-cursor",
+            errors=[{"field": "cursor", "message": str(exc)}],
+        ) from None
+    return {"items": [lead_to_api(lead) for lead in leads], "next_cursor": next_cursor}
+
+
+@router.get(
+    "/v1/leads/{lead_id}",
+    response_model=LeadOut,
+    summary="A lead",
+    responses=problem_responses(401, 403, 404),
+)
+def get_lead(_principal: LeadsReader, session: ReadSessionDep, lead_id: LeadId) -> dict[str, Any]:
+    return lead_to_api(_lead_or_404(session, lead_id))
+
+
+@router.get(
+    "/v1/leads/{lead_id}/history",
+    response_model=HistoryPage,
+    summary="Every change of a lead's scoring",
+    responses=problem_responses(400, 401, 403, 404),
+)
+def get_history(
+    _principal: LeadsReader,
+    session: ReadSessionDep,
+    lead_id: LeadId,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    """Oldest first: the event (or API action) that caused each change, the ruleset version, why."""
+    _lead_or_404(session, lead_id)
+    try:
+        items, next_cursor = service.history(session, lead_id, cursor, limit)
+    except service.BadCursor as exc:
+        raise Problem(
+            400,
+            f"cursor: {exc}",
+            slug="bad-cursor",
+            errors=[{"field": "cursor", "message": str(exc)}],
+        ) from None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get(
+    "/v1/leads/{lead_id}/explain",
+    summary="The current score broken down by component and rule",
+    responses=problem_responses(401, 403, 404),
+)
+def get_explain(
+    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, lead_id: LeadId
+) -> dict[str, Any]:
+    """Re-evaluated as of now (decay applied up to this moment), under every active ruleset."""
+    lead = _lead_or_404(session, lead_id)
+    return service.explain(session, registry, lead)
+
+
+@router.patch(
+    "/v1/leads/{lead_id}",
+    response_model=LeadOut,
+    summary="Update a lead's attributes (re-scores)",
+    responses=problem_responses(401, 403, 404, 413, 422),
+)
+def patch_lead(
+    _principal: LeadsWriter,
+    session_factory: SessionFactoryDep,
+    registry: RegistryDep,
+    lead_id: LeadId,
+    body: AttributesUpdate,
+) -> dict[str, Any]:
+    """Stored as an internal `lead.attributes_updated` event, so a replay reproduces it."""
+
+    def work(session: Session) -> dict[str, Any]:
+        lead = service.update_attributes(session, registry, lead_id, body.attributes)
+        return lead_to_api(lead)
+
+    try:
+        return in_transaction(session_factory, work)
+    except service.LeadNotFound:
+        raise _not_found(lead_id) from None
+
+
+@router.post(
+    "/v1/leads/{lead_id}/merge",
+    response_model=LeadOut,
+    summary="Merge another lead into this one",
+    responses=problem_responses(401, 403, 404, 422),
+)
+def merge_lead(
+    _principal: LeadsWriter,
+    session_factory: SessionFactoryDep,
+    registry: RegistryDep,
+    lead_id: LeadId,
+    body: MergeRequest,
+) -> dict[str, Any]:
+    """Identities, events and history of `other_lead_id` move here; re-scored from all events."""
+
+    def work(session: Session) -> dict[str, Any]:
+        lead = service.merge_leads(session, registry, lead_id, body.other_lead_id)
+        return lead_to_api(lead)
+
+    try:
+        return in_transaction(session_factory, work)
+    except service.LeadNotFound as exc:
+        raise _not_found(exc.lead_id) from None
+    except service.MergeError as exc:
+        raise Problem(
+            422,
+            str(exc),
+            slug="validation",
+            errors=[{"field": "other_lead_id", "message": "must differ from the lead id"}],
+        ) from None
+
+
+@router.delete(
+    "/v1/leads/{lead_id}",
+    status_code=204,
+    summary="Erase a lead (GDPR)",
+    responses=problem_responses(401, 403, 404),
+)
+def delete_lead(
+    _principal: LeadsWriter, session_factory: SessionFactoryDep, lead_id: LeadId
+) -> Response:
+    """Personal data, identities, events and history go; only anonymous counts remain."""
+    try:
+        in_transaction(session_factory, lambda session: service.erase_lead(session, lead_id))
+    except service.LeadNotFound:
+        raise _not_found(lead_id) from None
+    return Response(status_code=204)

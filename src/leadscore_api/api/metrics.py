@@ -1,0 +1,58 @@
+"""Prometheus metrics, one registry per application.
+
+A per-app ``CollectorRegistry`` (instead of the process-global default) lets several apps live
+in one process, as they do in the test suite, without "duplicated timeseries" errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from leadscore_api.ingest.events import KNOWN_EVENT_TYPES
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "leadscore_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "leadscore_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "leadscore_events_total",
+            "Ingested events by type (unknown types as `other`) and status.",
+            ["type", "status"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "leadscore_transitions_total",
+            "Lead transitions (lead.mql, lead.tier_changed, ...) by type.",
+            ["type"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "leadscore_errors_total",
+            "Unhandled errors by exception class.",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def record_ingest(self, results: Iterable[object]) -> None:
+        """Count events and transitions from ``EventResult``-like objects."""
+        for result in results:
+            event_type = getattr(result, "type", None)
+            label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
+            self.events.labels(type=label, status=str(getattr(result, "status", "?"))).inc()
+            for transition in getattr(result, "transitions", ()) or ():
+                self.transitions.labels(type=str(transition)).inc()

@@ -1,0 +1,21 @@
+"""The ``leadscore`` command: rule authoring tools, the HTTP service, the delivery worker, keys."""
+
+from __future__ import annotations
+
+import click
+
+from leadscore_api.delivery.cli import worker
+from leadscore_api.scoring.cli import rules
+from leadscore_api.server_cli import apikey, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="leadscore")
+def main() -> None:
+    """Lead scoring for small and medium businesses."""
+
+
+main.add_command(rules)
+main.add_command(serve)
+main.add_command(apikey)
+main.add_command(worker)

@@ -1,0 +1,142 @@
+"""``leadscore serve`` and ``leadscore apikey``: run the service, manage API keys from a shell."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from leadscore_api.config import Settings
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes (they share the database; no state in the process).",
+)
+@click.option("--no-migrate", is_flag=True, help="Do not apply database migrations first.")
+def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
+    """Apply migrations, then serve the HTTP API (settings from LEADSCORE_* / .env)."""
+    import uvicorn
+
+    from leadscore_api.scoring import RuleFileError
+    from leadscore_api.service.registry import RegistryError, RulesetRegistry
+    from leadscore_api.storage.migrate import upgrade_database
+
+    settings = Settings()
+    try:
+        RulesetRegistry.load(settings)
+    except (RuleFileError, RegistryError) as exc:
+        _fail(f"the rules cannot be loaded; not starting.\n{exc}")
+    if not no_migrate:
+        upgrade_database(settings.database_url)
+    click.echo(
+        f"leadscore: serving http://{host}:{port} (database {_safe_url(settings.database_url)},"
+        f" rules {settings.resolved_rules_dir()})",
+        err=True,
+    )
+    if workers > 1:
+        uvicorn.run(
+            "leadscore_api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=True,
+        )
+    else:
+        from leadscore_api.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@click.group()
+def apikey() -> None:
+    """Create, list and revoke API keys directly in the database."""
+
+
+@apikey.command("create")
+@click.option("--name", required=True, help="What the key is for, e.g. crm-sync.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="A scope to grant; repeat for several (events:write, leads:read, ...).",
+)
+def apikey_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it (the only time it is shown)."""
+    from leadscore_api.service import api_keys
+    from leadscore_api.service.ingest import in_transaction
+    from leadscore_api.storage.db import make_engine, make_session_factory
+    from leadscore_api.storage.migrate import upgrade_database
+
+    try:
+        checked = api_keys.check_scopes(scopes)
+    except api_keys.UnknownScope as exc:
+        _fail(str(exc))
+    settings = Settings()
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        _row, key = in_transaction(
+            make_session_factory(engine),
+            lambda session: api_keys.create_key(session, name, checked),
+        )
+    finally:
+        engine.dispose()
+    click.echo(key)
+
+
+@apikey.command("list")
+def apikey_list() -> None:
+    """List keys (id, name, scopes, revoked); never the secrets."""
+    from leadscore_api.service import api_keys
+    from leadscore_api.storage.db import make_engine, make_session_factory
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(engine, read_only=True)() as session:
+            for row in api_keys.list_keys(session):
+                state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+                click.echo(f"{row.id}\t{row.name}\t{','.join(row.scopes)}\t{state}")
+    finally:
+        engine.dispose()
+
+
+@apikey.command("revoke")
+@click.argument("key_id")
+def apikey_revoke(key_id: str) -> None:
+    """Revoke the key with this id."""
+    from leadscore_api.service import api_keys
+    from leadscore_api.service.ingest import in_transaction
+    from leadscore_api.storage.db import make_engine, make_session_factory
+
+    settings = Settings()
+    engine = make_engine(settings.database_url)
+    try:
+        row = in_transaction(
+            make_session_factory(engine), lambda session: api_keys.revoke_key(session, key_id)
+        )
+    finally:
+        engine.dispose()
+    if row is None:
+        _fail(f"no API key with id {key_id!r}")
+    click.echo(f"revoked {key_id}")

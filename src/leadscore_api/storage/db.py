@@ -1,0 +1,93 @@
+"""Engine and session factory, with the settings each backend needs to be safe under load.
+
+SQLite allows one writer at a time; a deferred ``BEGIN`` that later writes can fail with
+"database is locked" in the middle of a request instead of waiting. Every transaction therefore
+starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's documented pysqlite recipe), which takes the write
+lock up front and waits up to the busy timeout; WAL lets readers proceed meanwhile. On
+PostgreSQL concurrent writers are serialised per lead with ``SELECT ... FOR UPDATE`` instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Execution option marking a connection that only reads (a deferred BEGIN on SQLite).
+READ_ONLY_OPTION = "leadscore_read_only"
+_HOLDS_WRITER = "leadscore_holds_writer_lock"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with per-backend connection settings."""
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **kwargs,
+        )
+        _configure_sqlite(engine)
+        return engine
+    if "poolclass" not in kwargs:
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 30)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (see module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    # Threads of one process queue on this lock for the write transaction instead of polling
+    # SQLite's busy handler (which sleeps in growing steps and makes tail latency explode
+    # under load); other processes are still kept out by BEGIN IMMEDIATE and the busy timeout.
+    writer = threading.Lock()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+            return
+        writer.acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            writer.release()
+            raise
+        connection.info[_HOLDS_WRITER] = True
+
+    def _release(connection: Any) -> None:
+        if connection.info.pop(_HOLDS_WRITER, False):
+            writer.release()
+
+    event.listen(engine, "commit", _release)
+    event.listen(engine, "rollback", _release)
+
+
+def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (responses are built after it).
+
+    ``read_only`` sessions start a deferred transaction on SQLite so that reads never wait for
+    the write lock (with WAL they see the last committed state); elsewhere they are ordinary.
+    """
+    bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+    return sessionmaker(bind=bind, expire_on_commit=False)
