@@ -247,3 +247,66 @@ def test_erasing_a_lead_drops_its_messages(
     assert client.delete(f"/v1/leads/{lead_id}").status_code in (200, 204)
     with session_factory() as session:
         assert session.scalar(count) == 0
+
+
+def test_time_driven_transitions_reach_subscribers(
+    database_url: str, settings: Settings, receiver: Receiver
+) -> None:
+    """Under the BANT model a handed-over lead that sales does not confirm within 4 working
+    hours is reported as lead.sla_breached by the timer loop, and a cold lead as
+    lead.requalify_due after 30 days, through the real ingestion path."""
+    from leadscore_api.delivery.timers import tick
+
+    bant = settings.model_copy(update={"primary_ruleset": "bant"})
+    upgrade_database(database_url)
+    app = create_app(bant)
+    with TestClient(app, headers=auth("test-admin-key")) as client:
+        sub = _create(client, receiver.url, event_types=["lead.sla_breached", "lead.requalify_due"])
+        week_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(days=7)
+        events = [
+            {
+                "id": "h1",
+                "type": "demo.requested",
+                "occurred_at": week_ago.isoformat(),
+                "lead": {"email": "handover@x.it"},
+                "attributes": {"purchase_intent": True},
+            },
+            {
+                "id": "h2",
+                "type": "page.viewed",
+                "occurred_at": (week_ago + timedelta(hours=1)).isoformat(),
+                "lead": {"email": "handover@x.it"},
+                "properties": {"url": "/pricing"},
+            },
+            {
+                "id": "h3",
+                "type": "page.viewed",
+                "occurred_at": (week_ago + timedelta(hours=2)).isoformat(),
+                "lead": {"email": "handover@x.it"},
+                "properties": {"url": "/prezzi"},
+            },
+            {
+                "id": "c1",
+                "type": "form.submitted",
+                "occurred_at": (week_ago - timedelta(days=40)).isoformat(),
+                "lead": {"email": "cold@x.it"},
+                "attributes": {"source": "other"},
+            },
+        ]
+        answer = client.post("/v1/events", json={"events": events})
+        assert answer.status_code == 200, answer.text
+        handover = client.get("/v1/leads", params={"email": "handover@x.it"}).json()["items"][0]
+        assert handover["stage"] == "mql"
+
+        fired = tick(app.state.session_factory, datetime.now(UTC))
+        assert fired >= 3  # two SLAs of the hand-over, one re-qualification
+        assert tick(app.state.session_factory, datetime.now(UTC)) == 0  # each fires once
+
+        worker = make_worker(app.state.session_factory)
+        assert drive(worker, lambda: len(receiver.delivered()) >= 3)
+        seen = set()
+        for request in receiver.delivered():
+            payload = Webhook(sub["secret"]).verify(request.body, request.headers)
+            seen.add((payload["type"], payload["data"]["lead"]["email"]))
+        assert ("lead.sla_breached", "handover@x.it") in seen
+        assert ("lead.requalify_due", "cold@x.it") in seen

@@ -17,9 +17,10 @@ Semantics that every replica, re-score and backtest must share (design §3):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -178,6 +179,21 @@ class LeadState:
             )
         return count_in_window(entries, now, spec.within)
 
+    def snapshot(self) -> LeadState:
+        """A copy that later :meth:`Scorer.apply` calls on this state do not change."""
+        copy = LeadState(0, 0, 0)
+        copy.attributes = dict(self.attributes)
+        copy.last_ts, copy.last_id = self.last_ts, self.last_id
+        copy.actions = [list(slot) for slot in self.actions]
+        copy.comp_values = [list(value) for value in self.comp_values]
+        copy.live = {k: [list(x) for x in v] for k, v in self.live.items()}
+        copy.counts = [list(c) for c in self.counts]
+        copy.stages = {k: dict(v) for k, v in self.stages.items()}
+        copy.tier, copy.tier_since, copy.checked_ts = self.tier, self.tier_since, self.checked_ts
+        copy.letter, copy.sla_met, copy.n_events = self.letter, dict(self.sla_met), self.n_events
+        copy._crit = self._crit
+        return copy
+
     def to_json(self) -> dict[str, Any]:
         return {
             "v": 1,
@@ -195,6 +211,8 @@ class LeadState:
             "letter": self.letter,
             "sla_met": self.sla_met,
             "n_events": self.n_events,
+            # Derived from attributes, kept so that loading a stored state costs no rule checks.
+            "criteria": self._crit,
         }
 
     @classmethod
@@ -214,6 +232,7 @@ class LeadState:
         state.letter = data["letter"]
         state.sla_met = dict(data["sla_met"])
         state.n_events = data["n_events"]
+        state._crit = data.get("criteria")
         return state
 
 
@@ -237,7 +256,12 @@ class ScoreResult:
     attributes: dict[str, Any]
     sla: list[dict[str, Any]]
     requalify_due: datetime | None
-    explanation: dict[str, Any]
+    explainer: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
+
+    @cached_property
+    def explanation(self) -> dict[str, Any]:
+        """Why the lead has this score (built on first use: most results are never explained)."""
+        return self.explainer()
 
     def summary(self) -> dict[str, Any]:
         """What the service keeps on the lead row and compares to find transitions."""
@@ -253,6 +277,10 @@ class ScoreResult:
             if self.next_action_due
             else None,
             "owner": self.owner,
+            # Deadlines still open: the service keeps timers for them (lead.sla_breached,
+            # lead.requalify_due) and rewrites the timers when these change.
+            "sla_due": {item["id"]: item["due"] for item in self.sla if item["met_at"] is None},
+            "requalify_due": _iso(self.requalify_due.timestamp()) if self.requalify_due else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -661,9 +689,30 @@ class Scorer:
                     or (met is not None and met > deadline),
                 }
             )
-        explanation = self._explain(
-            state, measure, ctx, now, stage, next_action, action_reason, owner, owner_reason
+        frozen = state.snapshot()
+        frozen_ctx = Context(
+            frozen.attributes,
+            score=ctx.score,
+            letter=ctx.letter,
+            tier=ctx.tier,
+            components=ctx.components,
+            counts=frozen,
+            now=now,
         )
+
+        def explainer() -> dict[str, Any]:
+            return self._explain(
+                frozen,
+                measure,
+                frozen_ctx,
+                now,
+                stage,
+                next_action,
+                action_reason,
+                owner,
+                owner_reason,
+            )
+
         return ScoreResult(
             ruleset=ruleset.ruleset,
             version=ruleset.version,
@@ -683,7 +732,7 @@ class Scorer:
             attributes=dict(state.attributes),
             sla=slas,
             requalify_due=_dt(requalify),
-            explanation=explanation,
+            explainer=explainer,
         )
 
     def _crossing(self, state: LeadState, now: float, tier: str | None) -> float:

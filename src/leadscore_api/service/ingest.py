@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from leadscore_api.config import Settings
+from leadscore_api.delivery.timers import schedule_timers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.scoring import (
     LeadState,
@@ -535,7 +536,16 @@ def score_lead(
         final[loaded.name] = result
         summary = result.summary()
 
-        if summary != previous:
+        if loaded.name == registry.primary_name and _timers_changed(previous, summary):
+            schedule_timers(
+                session,
+                lead_id=lead.id,
+                ruleset_name=loaded.name,
+                sla=result.sla,
+                requalify_due=result.requalify_due,
+                tier=result.tier,
+            )
+        if previous is None or _visible(summary) != _visible(previous):
             if loaded.name == registry.primary_name:
                 found = transitions_between(previous, result, cause_id, now)
                 if found:
@@ -583,6 +593,24 @@ def score_lead(
     for event_id, transitions in update_.transitions.items():
         enqueue(session, lead, transitions, event_id, primary, registry.primary)
     return update_
+
+
+def _timers_changed(previous: dict[str, Any] | None, summary: dict[str, Any]) -> bool:
+    """Whether the lead's open deadlines moved, so its timers must be rewritten."""
+    before = previous or {}
+    return (
+        before.get("sla_due") != summary["sla_due"]
+        or before.get("requalify_due") != summary["requalify_due"]
+    )
+
+
+def _visible(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a history row is written for: letter, score, tier, stage, action, owner.
+
+    Components are left out of the comparison because decay moves them a little at every
+    evaluation; a change that matters shows in the rounded score.
+    """
+    return {key: value for key, value in summary.items() if key != "components"}
 
 
 def _apply_summary(
