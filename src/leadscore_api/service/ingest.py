@@ -598,10 +598,8 @@ def score_lead(
 def _timers_changed(previous: dict[str, Any] | None, summary: dict[str, Any]) -> bool:
     """Whether the lead's open deadlines moved, so its timers must be rewritten."""
     before = previous or {}
-    return (
-        before.get("sla_due") != summary["sla_due"]
-        or before.get("requalify_due") != summary["requalify_due"]
-    )
+    moved: bool = before.get("sla_due") != summary["sla_due"]
+    return moved or before.get("requalify_due") != summary["requalify_due"]
 
 
 def _visible(summary: dict[str, Any]) -> dict[str, Any]:
