@@ -80,6 +80,11 @@ def test_the_good_file_loads() -> None:
         ),
         (
             "{score: {gte: 50}}",
+            "{score: {gte: 150}}",
+            "rules/demo.yaml:18: stages.mql: score threshold 150 is outside 0–100",
+        ),
+        (
+            "{score: {gte: 50}}",
             "{component: engagement, gte: 30}",
             "rules/demo.yaml:18: stages.mql: refers to unknown component 'engagement'",
         ),

@@ -18,7 +18,9 @@ from leadscore_api.scoring.model import (
     ComponentCondition,
     EventCondition,
     NotCondition,
+    Operators,
     Ruleset,
+    ScoreCondition,
 )
 
 Path = tuple[str | int, ...]
@@ -42,6 +44,11 @@ def walk_conditions(condition: Any, path: Path) -> Iterator[tuple[Any, Path]]:
         yield from walk_conditions(condition.not_, (*path, "not"))
     elif isinstance(condition, EventCondition) and isinstance(condition.where, BaseModel):
         yield from walk_conditions(condition.where, (*path, "where"))
+
+
+def _bounds(ops: Operators) -> list[float]:
+    bounds = [b for b in (ops.gt, ops.gte, ops.lt, ops.lte) if b is not None]
+    return bounds + list(ops.between or ())
 
 
 def ruleset_conditions(ruleset: Ruleset) -> Iterator[tuple[Any, Path, str]]:
@@ -80,6 +87,12 @@ def check_ruleset(ruleset: Ruleset) -> list[tuple[Path, str]]:
 
     for condition, path, context in ruleset_conditions(ruleset):
         for sub, sub_path in walk_conditions(condition, path):
+            if isinstance(sub, ScoreCondition):
+                problems.extend(
+                    (sub_path, f"score threshold {bound:g} is outside 0–100")
+                    for bound in _bounds(sub.score)
+                    if not 0 <= bound <= 100
+                )
             if isinstance(sub, ComponentCondition) and sub.component not in components:
                 problems.append(
                     (
