@@ -129,12 +129,21 @@ def field_path(loc: Sequence[str | int]) -> str:
     return out or "body"
 
 
+def plain_message(error: Any) -> str:
+    """Pydantic's message without its "Value error, " prefix, which tells a client nothing."""
+    message = str(error.get("msg", "is invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def validation_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     """Pydantic/FastAPI error dicts → ``[{field, message}]``."""
     out: list[dict[str, str]] = []
     for error in errors:
         loc = tuple(error.get("loc", ()))
-        message = str(error.get("msg", "is invalid"))
+        message = plain_message(error)
         if error.get("type") == "json_invalid":
             message = "is not valid JSON"
         out.append({"field": field_path(loc), "message": message})
