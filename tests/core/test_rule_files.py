@@ -230,3 +230,15 @@ def test_eval_reports_a_bad_events_file_by_line(tmp_path: Path) -> None:
     result = run_cli("eval", "rules/bant.yaml", "--lead", str(lead), "--events", str(events))
     assert result.returncode == 1
     assert result.stderr.startswith(f"{events}:2: event 1: occurred_at")
+
+
+def test_a_problem_inside_a_combinator_names_its_full_path() -> None:
+    text = GOOD.replace(
+        "when: {field: employees, gt: 50}",
+        "when: {all: [{field: role, eq: CEO}, {field: employees, greater: 50}]}",
+    )
+    found = problems_of(text)
+    assert found == [
+        "rules/demo.yaml:9: components.fit.criteria[0].when.all[1]: unknown operator 'greater';"
+        " use one of: eq, ne, in, not_in, gt, gte, lt, lte, between, matches, exists"
+    ]

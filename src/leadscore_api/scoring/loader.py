@@ -143,10 +143,10 @@ def _is_union_tag(loc: Loc, i: int) -> bool:
     return isinstance(before, int) and i >= 2 and loc[i - 2] in ("all", "any", "of")
 
 
-def _dotted(loc: Loc) -> str:
+def _dotted(loc: Loc, *, tags_removed: bool = False) -> str:
     text = ""
     for i, part in enumerate(loc):
-        if _is_union_tag(loc, i):
+        if not tags_removed and _is_union_tag(loc, i):
             continue
         if isinstance(part, int):
             text += f"[{part}]"
@@ -182,12 +182,12 @@ def _message(error: Any) -> tuple[Loc, str]:
     # Drop the tags pydantic inserts for the discriminated condition union.
     clean = [part for i, part in enumerate(loc) if not _is_union_tag(loc, i)]
     if kind == "extra_forbidden":
-        where = _dotted(tuple(clean[:-1]))
+        where = _dotted(tuple(clean[:-1]), tags_removed=True)
         return tuple(clean), f"{where + ': ' if where else ''}unknown field {clean[-1]!r}"
     if kind == "missing":
-        where = _dotted(tuple(clean[:-1]))
+        where = _dotted(tuple(clean[:-1]), tags_removed=True)
         return tuple(clean), f"{where + ': ' if where else ''}missing required field {clean[-1]!r}"
-    where = _dotted(tuple(clean))
+    where = _dotted(tuple(clean), tags_removed=True)
     shown = error.get("input")
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
         msg = f"{msg} (got {shown!r})"
