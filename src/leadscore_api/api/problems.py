@@ -19,6 +19,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from leadscore_api.service.ingest import Contention
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:leadscore:problem:"
 
@@ -201,6 +203,16 @@ async def _on_body_too_large(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_contention(request: Request, exc: Exception) -> JSONResponse:
+    return problem_response(
+        request,
+        503,
+        f"{exc}; nothing was written, send the request again",
+        slug="contention",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     metrics = getattr(request.app.state, "metrics", None)
@@ -216,6 +228,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(BodyTooLarge, _on_body_too_large)
+    app.add_exception_handler(Contention, _on_contention)
     app.add_exception_handler(Exception, _on_unhandled)
 
 

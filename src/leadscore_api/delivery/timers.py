@@ -11,18 +11,24 @@ claimed with ``FOR UPDATE SKIP LOCKED``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.delivery.models import LeadTimer
 from leadscore_api.delivery.outbox import LEAD_FIELDS, enqueue_transitions
 from leadscore_api.scoring import Transition
+from leadscore_api.storage.base import Base
 from leadscore_api.storage.models import Lead
 
+_TIMERS: Table = Base.metadata.tables[LeadTimer.__tablename__]
+#: Rows per IN (...) list, far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
 REQUALIFY = "requalify"
 SLA_PREFIX = "sla:"
 #: Timers fired per transaction; the loop comes back for the rest at once.
@@ -37,20 +43,38 @@ def _parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
-def schedule_timers(
-    session: Session,
-    *,
+_UPDATE_TIMERS = (
+    update(_TIMERS)
+    .where(_TIMERS.c.id == bindparam("b_id"))
+    .values(due_at=bindparam("due_at"), detail=bindparam("detail"), fired_at=None)
+)
+_DELETE_TIMERS = delete(_TIMERS).where(_TIMERS.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_TIMERS = select(
+    _TIMERS.c.id,
+    _TIMERS.c.lead_id,
+    _TIMERS.c.ruleset_name,
+    _TIMERS.c.kind,
+    _TIMERS.c.due_at,
+).where(_TIMERS.c.lead_id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass
+class TimerPlan:
+    """The timers one lead should have under one ruleset after its rescore."""
+
+    lead_id: str
+    ruleset_name: str
+    wanted: dict[str, tuple[datetime, dict[str, Any]]]
+
+
+def plan_timers(
     lead_id: str,
     ruleset_name: str,
     sla: Sequence[dict[str, Any]],
     requalify_due: datetime | None,
-    tier: str | None = None,
-) -> None:
-    """Make the lead's timers match its latest scoring (``result.sla``, ``result.requalify_due``).
-
-    Call it in the scoring transaction, for the primary ruleset, after each rescore. Unmet SLAs
-    get a timer at their deadline; met ones lose theirs. A timer whose time moved fires again.
-    """
+    tier: str | None,
+) -> TimerPlan:
+    """The timers the lead should have: unmet SLAs at their deadline, and re-qualification."""
     wanted: dict[str, tuple[datetime, dict[str, Any]]] = {}
     for item in sla:
         due = _parse_time(item.get("due"))
@@ -60,33 +84,66 @@ def schedule_timers(
         wanted[f"{SLA_PREFIX}{item.get('id')}"] = (due, detail)
     if requalify_due is not None:
         wanted[REQUALIFY] = (requalify_due, {"tier": tier})
-    existing = {
-        timer.kind: timer
-        for timer in session.scalars(
-            select(LeadTimer).where(
-                LeadTimer.lead_id == lead_id, LeadTimer.ruleset_name == ruleset_name
-            )
-        )
-    }
-    for kind, stale in existing.items():
-        if kind not in wanted:
-            session.delete(stale)
-    for kind, (due, detail) in wanted.items():
-        timer = existing.get(kind)
-        if timer is None:
-            session.add(
-                LeadTimer(
-                    lead_id=lead_id,
-                    ruleset_name=ruleset_name,
-                    kind=kind,
-                    due_at=due,
-                    detail=detail,
+    return TimerPlan(lead_id, ruleset_name, wanted)
+
+
+def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
+    """Make the leads' timers match their plans, for all leads of a request at once.
+
+    Planned timers are added, others of the same lead and ruleset removed, and a timer whose
+    time moved fires again; in one SELECT and at most three executemany statements for all the
+    leads of a request, because this runs in the scoring transaction of every ingest.
+    """
+    if not plans:
+        return
+    connection = session.connection()
+    latest = {(plan.lead_id, plan.ruleset_name): plan for plan in plans}
+    existing: dict[tuple[str, str], dict[str, tuple[int, datetime]]] = defaultdict(dict)
+    lead_ids = sorted({plan.lead_id for plan in plans})
+    for chunk in (lead_ids[i : i + _CHUNK] for i in range(0, len(lead_ids), _CHUNK)):
+        for row in connection.execute(_SELECT_TIMERS, {"ids": chunk}):
+            if (row.lead_id, row.ruleset_name) in latest:
+                existing[(row.lead_id, row.ruleset_name)][row.kind] = (row.id, row.due_at)
+    stale: list[int] = []
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for key, plan in latest.items():
+        have = existing.get(key, {})
+        stale.extend(timer_id for kind, (timer_id, _due) in have.items() if kind not in plan.wanted)
+        for kind, (due, detail) in plan.wanted.items():
+            found = have.get(kind)
+            if found is None:
+                inserts.append(
+                    {
+                        "lead_id": plan.lead_id,
+                        "ruleset_name": plan.ruleset_name,
+                        "kind": kind,
+                        "due_at": due,
+                        "detail": detail,
+                        "fired_at": None,
+                    }
                 )
-            )
-        elif timer.due_at != due:
-            timer.due_at = due
-            timer.detail = detail
-            timer.fired_at = None
+            elif found[1] != due:
+                updates.append({"b_id": found[0], "due_at": due, "detail": detail})
+    for start in range(0, len(stale), _CHUNK):
+        connection.execute(_DELETE_TIMERS, {"ids": stale[start : start + _CHUNK]})
+    if inserts:
+        connection.execute(insert(_TIMERS), inserts)
+    if updates:
+        connection.execute(_UPDATE_TIMERS, updates)
+
+
+def schedule_timers(
+    session: Session,
+    *,
+    lead_id: str,
+    ruleset_name: str,
+    sla: Sequence[dict[str, Any]],
+    requalify_due: datetime | None,
+    tier: str | None = None,
+) -> None:
+    """Make one lead's timers match its latest scoring (``result.sla``, ``result.requalify_due``)."""
+    write_timers(session, [plan_timers(lead_id, ruleset_name, sla, requalify_due, tier)])
 
 
 def lead_view(lead: Lead) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import random
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +28,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from leadscore_api.config import Settings
-from leadscore_api.delivery.timers import schedule_timers
+from leadscore_api.delivery.models import Subscription
+from leadscore_api.delivery.timers import TimerPlan, plan_timers, write_timers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.scoring import (
     LeadState,
@@ -51,9 +63,6 @@ from leadscore_api.storage.models import (
     IDENTITY_EXTERNAL_ID,
     Event,
     Lead,
-    LeadIdentity,
-    Outcome,
-    ScoreChange,
 )
 
 log = logging.getLogger("leadscore.ingest")
@@ -68,6 +77,10 @@ OUTCOME_TYPES = frozenset(
 ATTRIBUTES_UPDATED = "lead.attributes_updated"
 LEADS_TABLE: Table = Base.metadata.tables["leads"]
 SCORES_TABLE: Table = Base.metadata.tables["lead_scores"]
+EVENTS_TABLE: Table = Base.metadata.tables["events"]
+IDENTITIES_TABLE: Table = Base.metadata.tables["lead_identities"]
+HISTORY_TABLE: Table = Base.metadata.tables["score_changes"]
+OUTCOMES_TABLE: Table = Base.metadata.tables["outcomes"]
 #: Rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
 _CHUNK = 500
 
@@ -108,6 +121,13 @@ class EventResult:
         }
 
 
+class Contention(Exception):
+    """Concurrent writers kept winning; the request wrote nothing and may be sent again."""
+
+    def __init__(self, attempts: int) -> None:
+        super().__init__(f"the request lost {attempts} races with concurrent writers")
+
+
 class RetryTransaction(Exception):
     """A concurrent transaction changed rows this one relied on; run the request again."""
 
@@ -132,7 +152,10 @@ def _field(loc: Sequence[str | int]) -> str:
 
 
 def describe_validation_error(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": _field(err["loc"]), "message": err["msg"]} for err in exc.errors()]
+    return [
+        {"field": _field(err["loc"]), "message": err["msg"].removeprefix("Value error, ")}
+        for err in exc.errors()
+    ]
 
 
 def parse_event(data: object) -> IngestItem:
@@ -246,9 +269,18 @@ def enqueue(
     event_id: str | None,
     result: ScoreResult,
     loaded: LoadedRuleset,
+    pending: PendingWrites | None = None,
 ) -> None:
     if not transitions or _enqueue_transitions is None:
         return
+    if pending is not None:
+        # Without an enabled subscription there is nothing to queue: ask once per request
+        # instead of once per lead (``enqueue_transitions`` queries the subscriptions itself).
+        if pending.has_subscriptions is None:
+            found = session.connection().execute(_ANY_SUBSCRIPTION).first()
+            pending.has_subscriptions = found is not None
+        if not pending.has_subscriptions:
+            return
     _enqueue_transitions(
         session,
         lead=lead_to_api(lead),
@@ -370,24 +402,77 @@ def new_lead(lead_id: str, email: str | None, external_id: str | None, now: date
     )
 
 
+# Statements are built once: building them per request (clause coercion, cache keys) cost
+# more than executing them. They are Core statements on the tables, run on the session's
+# connection, so that no ORM bulk-persistence or unit-of-work machinery sits in the hot path.
+_INSERT_LEADS = insert(LEADS_TABLE)
+_INSERT_EVENTS = insert(EVENTS_TABLE)
+_INSERT_IDENTITIES = insert(IDENTITIES_TABLE)
+_INSERT_OUTCOMES = insert(OUTCOMES_TABLE)
+_INSERT_HISTORY = insert(HISTORY_TABLE)
+_INSERT_SCORES = insert(SCORES_TABLE)
+_UPDATE_LEADS = (
+    update(LEADS_TABLE)
+    .where(LEADS_TABLE.c.id == bindparam("b_id"), LEADS_TABLE.c.version == bindparam("b_version"))
+    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _LEAD_FIELDS})
+)
+_UPDATE_SCORES = (
+    update(SCORES_TABLE)
+    .where(
+        SCORES_TABLE.c.lead_id == bindparam("b_lead_id"),
+        SCORES_TABLE.c.ruleset_name == bindparam("b_name"),
+        SCORES_TABLE.c.version == bindparam("b_version"),
+    )
+    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _SCORE_FIELDS})
+)
+_LOCK_LEADS = (
+    select(LEADS_TABLE)
+    .where(LEADS_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(LEADS_TABLE.c.id)
+    .with_for_update()
+)
+_LOAD_SCORES = select(SCORES_TABLE).where(
+    SCORES_TABLE.c.lead_id.in_(bindparam("ids", expanding=True))
+)
+_ANY_SUBSCRIPTION = select(Subscription.id).where(Subscription.enabled.is_(True)).limit(1)
+#: Which of the given event ids are stored, and which leads the given identities belong to,
+#: in one round trip (``kind`` is ``"event"`` for the first part).
+_LOOKUP = union_all(
+    select(literal("event").label("kind"), EVENTS_TABLE.c.id, EVENTS_TABLE.c.lead_id).where(
+        EVENTS_TABLE.c.id.in_(bindparam("event_ids", expanding=True))
+    ),
+    select(IDENTITIES_TABLE.c.kind, IDENTITIES_TABLE.c.value, IDENTITIES_TABLE.c.lead_id).where(
+        IDENTITIES_TABLE.c.kind == IDENTITY_EMAIL,
+        IDENTITIES_TABLE.c.value.in_(bindparam("emails", expanding=True)),
+    ),
+    select(IDENTITIES_TABLE.c.kind, IDENTITIES_TABLE.c.value, IDENTITIES_TABLE.c.lead_id).where(
+        IDENTITIES_TABLE.c.kind == IDENTITY_EXTERNAL_ID,
+        IDENTITIES_TABLE.c.value.in_(bindparam("externals", expanding=True)),
+    ),
+)
+
+
+def _chunks(values: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield list(values[start : start + _CHUNK])
+
+
 def insert_leads(session: Session, leads: Iterable[LeadData]) -> None:
     rows = [
         {"id": lead.id, "version": lead.version, **{f: getattr(lead, f) for f in _LEAD_FIELDS}}
         for lead in leads
     ]
     if rows:
-        session.execute(insert(LEADS_TABLE), rows)
+        session.connection().execute(_INSERT_LEADS, rows)
 
 
-def _check_rowcount(result: Any, expected: int, session: Session) -> None:
-    dialect = session.get_bind().dialect
-    if dialect.supports_sane_multi_rowcount and result.rowcount != expected:
+def _check_rowcount(result: Any, expected: int, connection: Connection) -> None:
+    if connection.dialect.supports_sane_multi_rowcount and result.rowcount != expected:
         raise RetryTransaction("a row changed under this transaction (version mismatch)")
 
 
 def write_leads(session: Session, leads: Iterable[LeadData]) -> None:
     """Write changed leads back, each guarded by its version (a belt on top of the row lock)."""
-    table = LEADS_TABLE
     params = []
     for lead in leads:
         if not lead.dirty:
@@ -404,16 +489,11 @@ def write_leads(session: Session, leads: Iterable[LeadData]) -> None:
         lead.dirty = False
     if not params:
         return
-    statement = (
-        update(table)
-        .where(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_version"))
-        .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _LEAD_FIELDS})
-    )
-    _check_rowcount(session.execute(statement, params), len(params), session)
+    connection = session.connection()
+    _check_rowcount(connection.execute(_UPDATE_LEADS, params), len(params), connection)
 
 
 def write_scores(session: Session, scores: Iterable[ScoreData]) -> None:
-    table = SCORES_TABLE
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for row in scores:
@@ -435,19 +515,11 @@ def write_scores(session: Session, scores: Iterable[ScoreData]) -> None:
                 }
             )
             row.version += 1
+    connection = session.connection()
     if inserts:
-        session.execute(insert(table), inserts)
+        connection.execute(_INSERT_SCORES, inserts)
     if updates:
-        statement = (
-            update(table)
-            .where(
-                table.c.lead_id == bindparam("b_lead_id"),
-                table.c.ruleset_name == bindparam("b_name"),
-                table.c.version == bindparam("b_version"),
-            )
-            .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _SCORE_FIELDS})
-        )
-        _check_rowcount(session.execute(statement, updates), len(updates), session)
+        _check_rowcount(connection.execute(_UPDATE_SCORES, updates), len(updates), connection)
 
 
 @dataclass
@@ -457,15 +529,20 @@ class PendingWrites:
     leads: list[LeadData] = field(default_factory=list)
     scores: list[ScoreData] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    timers: list[TimerPlan] = field(default_factory=list)
+    #: Whether any subscription is enabled, asked once per request when a transition occurs.
+    has_subscriptions: bool | None = None
 
     def write(self, session: Session) -> None:
         write_leads(session, self.leads)
         write_scores(session, self.scores)
         if self.history:
-            session.execute(insert(ScoreChange), self.history)
+            session.connection().execute(_INSERT_HISTORY, self.history)
+        write_timers(session, self.timers)
         self.leads.clear()
         self.scores.clear()
         self.history.clear()
+        self.timers.clear()
 
 
 @dataclass
@@ -537,13 +614,8 @@ def score_lead(
         summary = result.summary()
 
         if loaded.name == registry.primary_name and _timers_changed(previous, summary):
-            schedule_timers(
-                session,
-                lead_id=lead.id,
-                ruleset_name=loaded.name,
-                sla=result.sla,
-                requalify_due=result.requalify_due,
-                tier=result.tier,
+            pending.timers.append(
+                plan_timers(lead.id, loaded.name, result.sla, result.requalify_due, result.tier)
             )
         if previous is None or _visible(summary) != _visible(previous):
             if loaded.name == registry.primary_name:
@@ -591,7 +663,7 @@ def score_lead(
     _apply_summary(lead, registry, primary, final, now)
     pending.leads.append(lead)
     for event_id, transitions in update_.transitions.items():
-        enqueue(session, lead, transitions, event_id, primary, registry.primary)
+        enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
     return update_
 
 
@@ -641,26 +713,19 @@ def _apply_summary(
 
 def lock_leads(session: Session, lead_ids: Iterable[str]) -> dict[str, LeadData]:
     """Load and lock leads in id order (one order everywhere, so two requests never deadlock)."""
-    ids = sorted(set(lead_ids))
-    table = LEADS_TABLE
+    connection = session.connection()
     found: dict[str, LeadData] = {}
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        statement = (
-            select(table).where(table.c.id.in_(chunk)).order_by(table.c.id).with_for_update()
-        )
-        for row in session.execute(statement).mappings():
+    for chunk in _chunks(sorted(set(lead_ids))):
+        for row in connection.execute(_LOCK_LEADS, {"ids": chunk}).mappings():
             found[row["id"]] = LeadData(**row)
     return found
 
 
 def load_scores(session: Session, lead_ids: Iterable[str]) -> dict[str, dict[str, ScoreData]]:
-    ids = sorted(set(lead_ids))
-    table = SCORES_TABLE
+    connection = session.connection()
     out: dict[str, dict[str, ScoreData]] = defaultdict(dict)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        for row in session.execute(select(table).where(table.c.lead_id.in_(chunk))).mappings():
+    for chunk in _chunks(sorted(set(lead_ids))):
+        for row in connection.execute(_LOAD_SCORES, {"ids": chunk}).mappings():
             out[row["lead_id"]][row["ruleset_name"]] = ScoreData(**row)
     return out
 
@@ -673,31 +738,69 @@ def load_scores(session: Session, lead_ids: Iterable[str]) -> dict[str, dict[str
 class _Resolution:
     lead_ids: list[str]
     warnings: list[str | None]
-    new_leads: set[str]
+    #: Leads seen for the first time, and their identities: not yet written.
+    new_leads: dict[str, LeadData]
+    new_identities: list[dict[str, Any]]
+
+
+def _identities(events: Iterable[CanonicalEvent]) -> tuple[list[str], list[str]]:
+    emails = sorted({e.lead.email for e in events if e.lead.email})
+    externals = sorted({e.lead.external_id for e in events if e.lead.external_id})
+    return emails, externals
+
+
+def _lookup(
+    session: Session, events: Sequence[CanonicalEvent]
+) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """Stored event ids (to their lead) and known identities (to their lead) of ``events``.
+
+    One query for both when the lists fit in one statement (every request up to 500 events),
+    which saves a round trip per request on PostgreSQL.
+    """
+    ids = sorted({e.id for e in events})
+    emails, externals = _identities(events)
+    stored: dict[str, str] = {}
+    known: dict[tuple[str, str], str] = {}
+    connection = session.connection()
+    if max(len(ids), len(emails), len(externals)) <= _CHUNK:
+        params = {"event_ids": ids, "emails": emails, "externals": externals}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            if kind == "event":
+                stored[value] = lead_id
+            else:
+                known[(kind, value)] = lead_id
+        return stored, known
+    empty: list[str] = []
+    for chunk in _chunks(ids):
+        params = {"event_ids": chunk, "emails": empty, "externals": empty}
+        for _kind, value, lead_id in connection.execute(_LOOKUP, params):
+            stored[value] = lead_id
+    for chunk in _chunks(emails):
+        params = {"event_ids": empty, "emails": chunk, "externals": empty}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            known[(kind, value)] = lead_id
+    for chunk in _chunks(externals):
+        params = {"event_ids": empty, "emails": empty, "externals": chunk}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            known[(kind, value)] = lead_id
+    return stored, known
 
 
 def _resolve_leads(
-    session: Session, events: Sequence[CanonicalEvent], now: datetime
+    session: Session,
+    events: Sequence[CanonicalEvent],
+    now: datetime,
+    known: dict[tuple[str, str], str],
 ) -> _Resolution:
     """The lead of each event, creating leads and identities on first sight.
+
+    ``known`` maps the identities already stored (at least those of ``events``) to their lead;
+    it is extended with the identities created here.
 
     An event whose email and external id belong to two different leads goes to the email's
     lead and carries a warning: merging people is a decision for a human (or a CRM), made
     explicitly with ``POST /v1/leads/{id}/merge``.
     """
-    emails = sorted({e.lead.email for e in events if e.lead.email})
-    externals = sorted({e.lead.external_id for e in events if e.lead.external_id})
-    known: dict[tuple[str, str], str] = {}
-    for kind, values in ((IDENTITY_EMAIL, emails), (IDENTITY_EXTERNAL_ID, externals)):
-        for start in range(0, len(values), _CHUNK):
-            chunk = values[start : start + _CHUNK]
-            rows = session.execute(
-                select(LeadIdentity.value, LeadIdentity.lead_id).where(
-                    LeadIdentity.kind == kind, LeadIdentity.value.in_(chunk)
-                )
-            )
-            for value, lead_id in rows:
-                known[(kind, value)] = lead_id
 
     new_leads: dict[str, LeadData] = {}
     new_identities: list[dict[str, Any]] = []
@@ -734,11 +837,14 @@ def _resolve_leads(
         lead_ids.append(lead_id)
         warnings.append(warning)
 
-    insert_leads(session, new_leads.values())
-    if new_identities:
-        new_identities.sort(key=lambda row: (row["kind"], row["value"]))
-        session.execute(insert(LeadIdentity), new_identities)
-    return _Resolution(lead_ids=lead_ids, warnings=warnings, new_leads=set(new_leads))
+    new_identities.sort(key=lambda row: (row["kind"], row["value"]))
+    return _Resolution(lead_ids, warnings, new_leads, new_identities)
+
+
+def _create_leads(session: Session, resolution: _Resolution) -> None:
+    insert_leads(session, resolution.new_leads.values())
+    if resolution.new_identities:
+        session.connection().execute(_INSERT_IDENTITIES, resolution.new_identities)
 
 
 def _fill_identity_columns(lead: LeadData, event: CanonicalEvent) -> None:
@@ -791,7 +897,7 @@ def ingest_events(
         first_index[item.id] = index
         candidates.append((index, item))
 
-    stored = _stored_events(session, [event.id for _, event in candidates])
+    stored, known = _lookup(session, [event for _, event in candidates])
     fresh: list[tuple[int, CanonicalEvent]] = []
     for index, event in candidates:
         if event.id in stored:
@@ -806,7 +912,7 @@ def ingest_events(
             fresh.append((index, event))
 
     if fresh:
-        _apply_fresh(session, registry, fresh, results, now)
+        _apply_fresh(session, registry, fresh, results, now, known)
 
     for index, first in in_batch_duplicates:
         item = items[index]
@@ -824,31 +930,27 @@ def ingest_events(
     return out
 
 
-def _stored_events(session: Session, ids: Sequence[str]) -> dict[str, str]:
-    stored: dict[str, str] = {}
-    unique = sorted(set(ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
-        for event_id, lead_id in session.execute(
-            select(Event.id, Event.lead_id).where(Event.id.in_(chunk))
-        ):
-            stored[event_id] = lead_id
-    return stored
-
-
 def _apply_fresh(
     session: Session,
     registry: RulesetRegistry,
     fresh: list[tuple[int, CanonicalEvent]],
     results: list[EventResult | None],
     now: datetime,
+    known: dict[tuple[str, str], str],
 ) -> None:
     events = [event for _, event in fresh]
-    resolution = _resolve_leads(session, events, now)
-    leads = lock_leads(session, resolution.lead_ids)
-    if len(leads) != len(set(resolution.lead_ids)):
+    resolution = _resolve_leads(session, events, now, known)
+    # Existing leads are locked before anything is written: a transaction then never waits for
+    # a lead lock while holding uncommitted identities another one waits for (a deadlock on
+    # PostgreSQL when two batches share new and existing people). New leads are this
+    # transaction's own rows and are used as built, without reading them back.
+    existing = set(resolution.lead_ids) - resolution.new_leads.keys()
+    leads = lock_leads(session, existing)
+    if len(leads) != len(existing):
         # A lead vanished between lookup and lock (merged or erased concurrently).
         raise RetryTransaction("a lead changed while the request was being processed")
+    _create_leads(session, resolution)
+    leads.update(resolution.new_leads)
 
     rows: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
@@ -881,9 +983,10 @@ def _apply_fresh(
                 }
             )
         by_lead[lead_id].append(to_scoring_event(event))
-    session.execute(insert(Event), rows)
+    connection = session.connection()
+    connection.execute(_INSERT_EVENTS, rows)
     if outcomes:
-        session.execute(insert(Outcome), outcomes)
+        connection.execute(_INSERT_OUTCOMES, outcomes)
 
     scores = load_scores(session, by_lead)
     pending = PendingWrites()
@@ -950,17 +1053,26 @@ def in_transaction(
     session_factory: sessionmaker[Session],
     work: Callable[[Session], T],
     *,
-    attempts: int = 5,
+    attempts: int = 10,
 ) -> T:
-    """Run ``work`` in one transaction, again from scratch if a concurrent writer won a race."""
+    """Run ``work`` in one transaction, again from scratch if a concurrent writer won a race.
+
+    Races are expected when several replicas create the same new leads at once (the identity's
+    unique key decides who wins); the loser waits a little, with jitter so that two losers do
+    not collide again, and finds the winner's rows. Running out of attempts is a 503 with
+    Retry-After, never a 500: nothing was written and the client can send the request again.
+    """
     for attempt in range(1, attempts + 1):
         try:
             with session_factory() as session, session.begin():
                 return work(session)
         except Exception as exc:
-            if attempt >= attempts or not is_retryable(exc):
+            if not is_retryable(exc):
                 raise
+            if attempt >= attempts:
+                raise Contention(attempts) from exc
             log.info("retrying a transaction after %s (attempt %d)", type(exc).__name__, attempt)
+            time.sleep(random.uniform(0.0, min(1.0, 0.01 * 2**attempt)))
     raise AssertionError("unreachable")
 
 
