@@ -6,6 +6,8 @@ The receiver runs in its own process (``python -m leadscore_api.delivery.receive
 does not share this process's GIL with the worker. Figures printed:
 
 - throughput: messages per second one worker delivers (queue filled first, then drained);
+- end to end: from ``POST /v1/events`` of an event that makes a new lead an MQL to the
+  receiver getting ``lead.mql``, through a real ``leadscore serve``;
 - latency: time from the start of the transaction that enqueues a transition (what the scoring
   path does when a lead crosses a threshold) to the receiver getting the request, at idle, p50 /
   p99 / max, once with the in-process worker woken on commit (``leadscore serve``) and once
@@ -155,6 +157,79 @@ async def latency(
     return out
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def end_to_end(url: str, receiver: RemoteReceiver, samples: int) -> list[float]:
+    """From POST /v1/events of a threshold-crossing event to the receiver getting lead.mql,
+    through a real ``leadscore serve`` (its in-process worker) on a fresh database."""
+    import os
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LEADSCORE_DATABASE_URL": url,
+        "LEADSCORE_ADMIN_API_KEY": "bench-key",
+        "LEADSCORE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "leadscore"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    out: list[float] = []
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": "Bearer bench-key"}) as http:
+            for _ in range(200):
+                try:
+                    if http.get("/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            created = http.post(
+                "/v1/subscriptions", json={"url": receiver.url, "event_types": ["lead.mql"]}
+            )
+            created.raise_for_status()
+            for n in range(samples):
+                before = receiver.count()
+                event = {
+                    "id": f"e2e-{n}",
+                    "type": "page.viewed",
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                    "lead": {"email": f"e2e{n}@example.it"},
+                    "properties": {"url": "/pricing"},
+                    "attributes": {
+                        "role": "CEO",
+                        "industry": "IT",
+                        "employees": 300,
+                        "annual_revenue_eur": 5_000_000,
+                    },
+                }
+                t0 = time.time()
+                http.post("/v1/events", json=event).raise_for_status()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    requests = receiver.stats(before)
+                    if requests:
+                        out.append(requests[-1]["received_at"] - t0)
+                        break
+                    time.sleep(0.005)
+                time.sleep(0.02 + (n % 7) * 0.013)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -211,6 +286,19 @@ def main() -> None:
                 f"p50 {statistics.median(values) * 1000:.1f} ms, "
                 f"p99 {pct(values, 0.99) * 1000:.1f} ms, max {max(values) * 1000:.1f} ms"
             )
+        e2e_url = f"sqlite:///{Path(tmp.name) / 'e2e.db'}" if backend == "sqlite" else url
+        if backend == "postgresql":
+            from sqlalchemy import text
+
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        values = end_to_end(e2e_url, receiver, args.samples)
+        print(
+            f"latency (POST /v1/events crossing MQL -> receiver, leadscore serve, n={len(values)}): "
+            f"p50 {statistics.median(values) * 1000:.1f} ms, "
+            f"p99 {pct(values, 0.99) * 1000:.1f} ms, max {max(values) * 1000:.1f} ms"
+        )
     finally:
         receiver.close()
         engine.dispose()
