@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from leadscore_api.scoring.checks import check_ruleset
-from leadscore_api.scoring.model import Ruleset, RuleTest
+from leadscore_api.scoring.model import CONDITION_TAGS, Ruleset, RuleTest
 
 if TYPE_CHECKING:
     from leadscore_api.scoring.engine import Scorer
@@ -158,19 +158,7 @@ def _dotted(loc: Loc, *, tags_removed: bool = False) -> str:
     return text
 
 
-_UNION_TAGS = {
-    "all",
-    "any",
-    "not",
-    "at_least",
-    "field",
-    "property",
-    "component",
-    "score",
-    "letter",
-    "tier",
-    "event",
-}
+_UNION_TAGS = frozenset(CONDITION_TAGS)
 
 
 def _message(error: Any) -> tuple[Loc, str]:

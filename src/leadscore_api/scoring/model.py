@@ -180,6 +180,22 @@ class EventCondition(Strict):
         return value
 
 
+#: The key that says which kind of condition a mapping is, in the order they are recognised.
+CONDITION_TAGS = (
+    "all",
+    "any",
+    "not",
+    "at_least",
+    "field",
+    "property",
+    "component",
+    "score",
+    "letter",
+    "tier",
+    "event",
+)
+
+
 def _condition_tag(value: Any) -> str | None:
     keys: Any
     if isinstance(value, dict):
@@ -188,19 +204,7 @@ def _condition_tag(value: Any) -> str | None:
         keys = {f if f != "not_" else "not" for f in type(value).model_fields}
     else:
         return None
-    for tag in (
-        "all",
-        "any",
-        "not",
-        "at_least",
-        "field",
-        "property",
-        "component",
-        "score",
-        "letter",
-        "tier",
-        "event",
-    ):
+    for tag in CONDITION_TAGS:
         if tag in keys:
             return tag
     return None
