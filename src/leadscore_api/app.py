@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` wires everything from one ``Settings`` object and keeps what routers
 need on ``app.state``: ``settings``, ``engine``, ``session_factory`` (writes),
-``read_session_factory`` (reads), ``registry`` (the loaded rulesets) and ``metrics``.
+``read_session_factory`` (reads), ``checkpointer`` (SQLite's background WAL checkpoints, None
+elsewhere), ``registry`` (the loaded rulesets) and ``metrics``.
 
 Optional subsystems plug in without this module knowing them in advance:
 
@@ -40,6 +41,7 @@ from leadscore_api.config import Settings, get_settings
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.ingest import in_transaction
 from leadscore_api.service.registry import RulesetRegistry, record_rulesets
+from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 log = logging.getLogger("leadscore")
@@ -67,6 +69,7 @@ def create_app(
     settings = settings or get_settings()
     registry = RulesetRegistry.load(settings)
     engine = make_engine(settings.database_url)
+    checkpointer = WalCheckpointer.for_engine(engine)
     session_factory = make_session_factory(engine)
     read_session_factory = make_session_factory(engine, read_only=True)
     metrics = Metrics()
@@ -80,6 +83,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if checkpointer is not None:
+            checkpointer.start()
         await run_in_threadpool(
             in_transaction, session_factory, lambda session: record_rulesets(session, registry)
         )
@@ -91,6 +96,8 @@ def create_app(
                 yield
             finally:
                 app.state.started = False
+        if checkpointer is not None:
+            await run_in_threadpool(checkpointer.stop)
         engine.dispose()
 
     app = FastAPI(
@@ -101,6 +108,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.checkpointer = checkpointer
     app.state.session_factory = session_factory
     app.state.read_session_factory = read_session_factory
     app.state.registry = registry

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from leadscore_api import json_codec
 from leadscore_api.api.deps import (
     EventsWriter,
     MetricsDep,
@@ -47,7 +47,7 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         raise Problem(400, "the request body is empty; send JSON", slug="invalid-json")
     try:
-        return json.loads(raw)
+        return json_codec.parse(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(
             400, f"the request body is not valid JSON: {exc}", slug="invalid-json"

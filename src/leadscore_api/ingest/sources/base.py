@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import ValidationError
 
+from leadscore_api import json_codec
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.ingest.signatures import PayloadError
 
@@ -179,13 +180,15 @@ def load_json(body: bytes) -> Any:
     if not body.strip():
         raise PayloadError("the body is empty; a JSON document was expected")
     try:
-        return json.loads(body)
+        return json_codec.parse(body)
     except UnicodeDecodeError as exc:
         raise PayloadError("the body is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise PayloadError(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except ValueError as exc:  # NaN / Infinity
+        raise PayloadError(f"the body is not valid JSON: {exc}") from exc
 
 
 def load_form(body: bytes) -> list[tuple[str, str]]:
