@@ -20,7 +20,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api.api.deps import ReadSessionDep, RequireScope, get_settings
+from leadscore_api.api.deps import ReadSessionDep, RequireScope
 from leadscore_api.api.problems import Problem, problem_responses
 from leadscore_api.delivery import outbox
 from leadscore_api.delivery.models import (
@@ -213,7 +213,9 @@ class ReplayOut(BaseModel):
 
 def _checked_url(request: Request, url: str) -> str:
     try:
-        return validate_url(url, allow_private=get_settings(request).webhook_allow_private_targets)
+        return validate_url(
+            url, allow_private=request.app.state.settings.webhook_allow_private_targets
+        )
     except UnsafeTargetError as exc:
         raise Problem(
             422,
