@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from leadscore_api.config import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _fail(message: str) -> None:
@@ -47,7 +51,7 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
     )
     if workers > 1:
         uvicorn.run(
-            "leadscore_api.app:create_app",
+            "leadscore_api.server_cli:served_app",
             factory=True,
             host=host,
             port=port,
@@ -55,9 +59,15 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
             proxy_headers=True,
         )
     else:
-        from leadscore_api.app import create_app
+        uvicorn.run(served_app(settings), host=host, port=port, proxy_headers=True)
 
-        uvicorn.run(create_app(settings), host=host, port=port, proxy_headers=True)
+
+def served_app(settings: Settings | None = None) -> FastAPI:
+    """The application as ``leadscore serve`` runs it (also the factory of each worker)."""
+    from leadscore_api.app import create_app
+    from leadscore_api.runtime import freeze_startup_objects
+
+    return create_app(settings or Settings(), lifespan_hooks=[freeze_startup_objects])
 
 
 def _safe_url(url: str) -> str:

@@ -1,0 +1,30 @@
+"""``leadscore serve`` hides start-up objects from the garbage collector; other apps do not."""
+
+from __future__ import annotations
+
+import gc
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from leadscore_api.config import Settings
+from leadscore_api.server_cli import served_app
+from leadscore_api.storage.migrate import upgrade_database
+
+from .helpers import event
+
+
+def test_served_app_freezes_startup_objects_while_running(settings: Settings) -> None:
+    upgrade_database(settings.database_url)
+    assert gc.get_freeze_count() == 0
+    app = served_app(settings)
+    headers = {"Authorization": f"Bearer {settings.admin_api_key}"}
+    with TestClient(app, headers=headers) as client:
+        assert gc.get_freeze_count() > 0
+        assert client.post("/v1/events", json=event()).json()["results"][0]["status"] == "accepted"
+    assert gc.get_freeze_count() == 0
+
+
+def test_create_app_leaves_the_collector_alone(client: TestClient, app: FastAPI) -> None:
+    assert app.state.started
+    assert gc.get_freeze_count() == 0
