@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -177,8 +178,11 @@ def test_out_of_order_arrival_gives_the_in_order_state(client: TestClient) -> No
         lead_id = result["lead_id"]
     assert lead_id is not None
     lead_shuffled = lead_of(client, lead_id)
-    for key in ("letter", "score", "tier", "stage", "components", "attributes", "next_action"):
+    for key in ("letter", "score", "tier", "stage", "attributes", "next_action"):
         assert lead_shuffled[key] == lead_in_order[key], key
+    # Components decay continuously and are kept to 4 decimals; the two leads were scored a
+    # moment apart, which can move the last decimal.
+    assert lead_shuffled["components"] == pytest.approx(lead_in_order["components"], abs=1e-3)
 
 
 def test_history_records_each_change_with_ruleset_and_explanation(client: TestClient) -> None:

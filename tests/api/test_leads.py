@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -196,8 +197,11 @@ def test_merge_combines_histories_and_identities(
     assert response.status_code == 200, response.text
     merged = response.json()
     expected = client.get(f"/v1/leads/{reference}").json()
-    for key in ("letter", "score", "tier", "stage", "components", "attributes"):
+    for key in ("letter", "score", "tier", "stage", "attributes"):
         assert merged[key] == expected[key], key
+    # Components decay continuously and are kept to 4 decimals: the reference was scored a
+    # moment before the merge, which can move the last decimal (seen as a rare flaky failure).
+    assert merged["components"] == pytest.approx(expected["components"], abs=1e-3)
     assert merged["external_id"] == "crm-merge"
     assert client.get(f"/v1/leads/{other_id}").status_code == 404
     found = client.get("/v1/leads?external_id=crm-merge").json()["items"]
