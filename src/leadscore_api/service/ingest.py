@@ -988,6 +988,10 @@ def _apply_fresh(
     if outcomes:
         connection.execute(_INSERT_OUTCOMES, outcomes)
 
+    # A statement of its own, after the lock: joined into the locking SELECT, PostgreSQL
+    # (READ COMMITTED) would return the scores of the snapshot taken *before* waiting for a
+    # lock held by a concurrent writer, and the version check would then fail and retry
+    # (tried: the concurrency test caught it).
     scores = load_scores(session, by_lead)
     pending = PendingWrites()
     transitions_by_event: dict[str | None, list[Transition]] = {}
