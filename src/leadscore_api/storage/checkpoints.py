@@ -18,9 +18,10 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
+
+from leadscore_api.storage.db import execute_on_connect
 
 log = logging.getLogger("leadscore.storage")
 
@@ -60,14 +61,7 @@ class WalCheckpointer:
         if not path or path == ":memory:" or path.startswith("file:"):
             return None
 
-        @event.listens_for(engine, "connect")
-        def _raise_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
-            finally:
-                cursor.close()
-
+        execute_on_connect(engine, f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
         return cls(path, interval=interval)
 
     def start(self) -> None:

@@ -56,14 +56,23 @@ def _configure_postgresql(engine: Engine) -> None:
     # scanning ``events`` sequentially for a lookup by id until autovacuum happens to analyze
     # it: measured 80 ms instead of 5 ms for a batch's lookup. Our statements are short
     # lookups on keys, so planning each execution costs little and is always right.
+    # Committed, or the driver's implicit transaction would roll the setting back.
+    execute_on_connect(engine, "SET plan_cache_mode = force_custom_plan", commit=True)
+
+
+def execute_on_connect(engine: Engine, *statements: str, commit: bool = False) -> None:
+    """Run ``statements`` on every new driver connection of ``engine`` (session settings)."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("SET plan_cache_mode = force_custom_plan")
+            for statement in statements:
+                cursor.execute(statement)
         finally:
             cursor.close()
-        dbapi_connection.commit()
+        if commit:
+            dbapi_connection.commit()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -71,14 +80,14 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see module docstring).
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA foreign_keys=ON")
-        finally:
-            cursor.close()
+
+    execute_on_connect(
+        engine,
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA synchronous=NORMAL",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys=ON",
+    )
 
     # Threads of one process queue on this lock for the write transaction instead of polling
     # SQLite's busy handler (which sleeps in growing steps and makes tail latency explode
