@@ -2,7 +2,7 @@
 
     python bench/delivery.py [--database-url URL] [--messages 3000] [--samples 200]
 
-The receiver runs in its own process (``python -m leadscore_api.delivery.receiver``) so that it
+The receiver runs in its own process (``python -m tests.receiver``) so that it
 does not share this process's GIL with the worker. Figures printed:
 
 - throughput: messages per second one worker delivers (queue filled first, then drained);
@@ -33,8 +33,9 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.config import Settings
-from leadscore_api.delivery.models import Subscription, new_id
-from leadscore_api.delivery.outbox import enqueue_transitions
+from leadscore_api.storage.delivery_models import Subscription
+from leadscore_api.storage.ids import new_id
+from leadscore_api.service.delivery import enqueue_transitions
 from leadscore_api.delivery.signer import generate_secret
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.scoring import Transition
@@ -78,7 +79,7 @@ class RemoteReceiver:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leadscore_api.delivery.receiver"],
+            [sys.executable, "-m", "tests.receiver"],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -3,17 +3,10 @@
 ``create_app(settings)`` wires everything from one ``Settings`` object and keeps what routers
 need on ``app.state``: ``settings``, ``engine``, ``session_factory`` (writes),
 ``read_session_factory`` (reads), ``checkpointer`` (SQLite's background WAL checkpoints, None
-elsewhere), ``registry`` (the loaded rulesets) and ``metrics``.
-
-Optional subsystems plug in without this module knowing them in advance:
-
-* routers: ``leadscore_api.ingest.webhooks.router`` (inbound platform webhooks) and
-  ``leadscore_api.delivery.api.router`` (subscriptions, deliveries) are included when those
-  modules exist;
-* background work: a module ``leadscore_api.delivery.lifespan`` defining
-  ``lifespan(app) -> AsyncContextManager[None]`` is entered after start-up and left before
-  shutdown (the delivery worker starts there when ``settings.run_worker``); callers can also
-  pass their own hooks as ``create_app(settings, lifespan_hooks=[...])``.
+elsewhere), ``registry`` (the loaded rulesets) and ``metrics``. The routers are listed in
+:mod:`leadscore_api.api.routers`; the delivery worker and timer loops run inside the app unless
+``settings.run_worker`` is off; callers can add their own start-up hooks with
+``create_app(settings, lifespan_hooks=[...])``.
 
 The app does not migrate the database: ``leadscore serve`` does, once, before starting it, so
 replicas starting together do not race on DDL.
@@ -21,8 +14,6 @@ replicas starting together do not race on DDL.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -33,33 +24,40 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from leadscore_api import __version__
-from leadscore_api.api import api_keys, events, health, leads, rulesets
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from leadscore_api.api.problems import ProblemDetail, install_problem_handlers
+from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
+from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
-from leadscore_api.service.ingest import in_transaction
-from leadscore_api.service.registry import RulesetRegistry, record_rulesets
+from leadscore_api.service.rulesets import RulesetRegistry, record_rulesets
+from leadscore_api.service.timers import tick
 from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
+from leadscore_api.storage.unit_of_work import in_transaction
 
 log = logging.getLogger("leadscore")
 
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-
-OPTIONAL_ROUTERS = ("leadscore_api.ingest.webhooks", "leadscore_api.delivery.api")
-OPTIONAL_LIFESPANS = ("leadscore_api.delivery.lifespan",)
 
 DESCRIPTION = """Lead scoring for small and medium businesses: events in, scores, history and
 transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 `application/problem+json` (RFC 9457)."""
 
 
-def _optional_module(name: str) -> Any:
-    if importlib.util.find_spec(name) is None:
-        return None
-    return importlib.import_module(name)
+@asynccontextmanager
+async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
+    """The delivery worker and the timer loop, inside ``leadscore serve`` (``RUN_WORKER``)."""
+    settings: Settings = app.state.settings
+    if not settings.run_worker:
+        yield
+        return
+    metrics: Metrics = app.state.metrics
+    async with running_workers(
+        app.state.session_factory, settings, timer_tick=tick, registry=metrics.registry
+    ):
+        yield
 
 
 def create_app(
@@ -74,12 +72,7 @@ def create_app(
     read_session_factory = make_session_factory(engine, read_only=True)
     metrics = Metrics()
 
-    hooks: list[LifespanHook] = list(lifespan_hooks)
-    for module_name in OPTIONAL_LIFESPANS:
-        module = _optional_module(module_name)
-        hook = getattr(module, "lifespan", None) if module is not None else None
-        if hook is not None:
-            hooks.append(hook)
+    hooks: list[LifespanHook] = [*lifespan_hooks, delivery_loops]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,13 +112,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    for router_module in (health, events, leads, rulesets, api_keys):
-        app.include_router(router_module.router)
-    for module_name in OPTIONAL_ROUTERS:
-        module = _optional_module(module_name)
-        router = getattr(module, "router", None) if module is not None else None
-        if router is not None:
-            app.include_router(router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -7,8 +7,8 @@ import gc
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from leadscore_api.cli.serve import served_app
 from leadscore_api.config import Settings
-from leadscore_api.server_cli import served_app
 from leadscore_api.storage.migrate import upgrade_database
 
 from .helpers import event

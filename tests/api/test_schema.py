@@ -11,8 +11,8 @@ from sqlalchemy.pool import NullPool
 
 from leadscore_api.openapi import render
 from leadscore_api.storage.db import make_engine
+from leadscore_api.storage.metadata import all_tables
 from leadscore_api.storage.migrate import alembic_config, upgrade_database
-from leadscore_api.storage.registry import load_all_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def _diff(database_url: str) -> list[object]:
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
-            return list(compare_metadata(context, load_all_models()))
+            return list(compare_metadata(context, all_tables()))
     finally:
         engine.dispose()
 

@@ -123,7 +123,7 @@ def test_the_schema_is_json_schema_with_the_rule_language() -> None:
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from leadscore_api.scoring.cli import rules; rules()", *args],
+        [sys.executable, "-c", "from leadscore_api.cli.rules import rules; rules()", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
+from tests.receiver import Receiver, receiving
 
-from leadscore_api.delivery.models import OutboxMessage, Subscription, new_id
-from leadscore_api.delivery.receiver import Receiver, receiving
 from leadscore_api.delivery.signer import generate_secret
 from leadscore_api.delivery.worker import DeliveryWorker, WorkerOptions
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.db import make_engine, make_session_factory
+from leadscore_api.storage.delivery_models import OutboxMessage, Subscription
+from leadscore_api.storage.ids import new_id
 from leadscore_api.storage.migrate import upgrade_database
 
 

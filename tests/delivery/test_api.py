@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
+from tests.receiver import Receiver, Reply
 
 from leadscore_api.app import create_app
 from leadscore_api.config import Settings
-from leadscore_api.delivery.models import OutboxMessage
-from leadscore_api.delivery.receiver import Receiver, Reply
+from leadscore_api.storage.delivery_models import OutboxMessage
 from leadscore_api.storage.migrate import upgrade_database
 
 from .conftest import auth, drive, make_worker, qualified_stream
@@ -255,7 +255,7 @@ def test_time_driven_transitions_reach_subscribers(
     """Under the BANT model a handed-over lead that sales does not confirm within 4 working
     hours is reported as lead.sla_breached by the timer loop, and a cold lead as
     lead.requalify_due after 30 days, through the real ingestion path."""
-    from leadscore_api.delivery.timers import tick
+    from leadscore_api.service.timers import tick
 
     bant = settings.model_copy(update={"primary_ruleset": "bant"})
     upgrade_database(database_url)

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook
+from tests.receiver import Receiver
 
-from leadscore_api.delivery.models import OutboxMessage
-from leadscore_api.delivery.receiver import Receiver
+from leadscore_api.storage.delivery_models import OutboxMessage
 
 from .conftest import qualified_stream
 

@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api.delivery.models import LeadTimer, OutboxMessage
-from leadscore_api.delivery.outbox import enqueue_transitions
-from leadscore_api.delivery.timers import schedule_timers, tick
 from leadscore_api.scoring import Transition
+from leadscore_api.service.delivery import enqueue_transitions
+from leadscore_api.service.timers import schedule_timers, tick
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.delivery_models import LeadTimer, OutboxMessage
 from leadscore_api.storage.models import Lead
 
 from .conftest import add_subscription

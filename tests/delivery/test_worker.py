@@ -10,11 +10,11 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
+from tests.receiver import Receiver, Reply
 
-from leadscore_api.delivery.models import DeliveryAttempt, OutboxMessage, Subscription
-from leadscore_api.delivery.receiver import Receiver, Reply
 from leadscore_api.delivery.signer import generate_secret
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.delivery_models import DeliveryAttempt, OutboxMessage, Subscription
 
 from .conftest import add_messages, add_subscription, drive, make_worker, message
 

@@ -15,12 +15,12 @@ from urllib.parse import urlencode
 
 import pytest
 
-from leadscore_api.config import Settings
+from leadscore_api.config import Settings, SettingsError, load_settings
+from leadscore_api.errors import SourceNotConfigured
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.ingest.signatures import (
     PayloadError,
     SignatureError,
-    SourceNotConfigured,
     hmac_digest,
 )
 from leadscore_api.ingest.sources import (
@@ -37,9 +37,9 @@ from leadscore_api.ingest.sources import (
     mandrill,
     postmark,
     sendgrid,
-    source_config,
     typeform,
 )
+from leadscore_api.service.webhooks import source_config
 
 from . import platforms as p
 
@@ -652,6 +652,7 @@ def test_source_config_names_the_variable_to_set() -> None:
     assert source_config("form", configured).field_map == {"ruolo": "role", "n_dip": "employees"}
     assert source_config("typeform", configured).field_map == {"job": "role"}
     assert source_config("mandrill", configured).signed_url == p.MANDRILL_URL
-    broken = settings_of(webhook_typeform_secret="s", webhook_typeform_field_map="{oops")
-    with pytest.raises(SourceNotConfigured, match="TYPEFORM_FIELD_MAP"):
-        source_config("typeform", broken)
+    with pytest.raises(SettingsError, match="LEADSCORE_WEBHOOK_TYPEFORM_FIELD_MAP"):
+        load_settings(
+            _env_file=None, webhook_typeform_secret="s", webhook_typeform_field_map="{oops"
+        )

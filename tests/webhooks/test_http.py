@@ -14,8 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api.ingest.models import WebhookReplayToken
-from leadscore_api.storage.models import Event
+from leadscore_api.storage.models import Event, WebhookReplayToken
 
 from . import platforms as p
 from .conftest import lead, seed_fit

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
 from leadscore_api.api.deps import KeysAdmin, ReadSessionDep, SessionFactoryDep
-from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.api.problems import problem_responses
 from leadscore_api.service import api_keys as service
-from leadscore_api.service.ingest import in_transaction, iso
 from leadscore_api.storage.models import ApiKey
 
 router = APIRouter(tags=["api-keys"])
@@ -35,6 +33,17 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
 
+    @classmethod
+    def of(cls, row: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=row.id,
+            name=row.name,
+            prefix=service.public_prefix(row),
+            scopes=list(row.scopes),
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
 
 class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The key itself. Shown only now: store it safely.")
@@ -42,17 +51,6 @@ class ApiKeyCreated(ApiKeyOut):
 
 class ApiKeyList(BaseModel):
     items: list[ApiKeyOut]
-
-
-def describe_key(row: ApiKey) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "prefix": f"{service.KEY_PREFIX}_{row.id}_",
-        "scopes": list(row.scopes),
-        "created_at": iso(row.created_at),
-        "revoked_at": iso(row.revoked_at),
-    }
 
 
 @router.post(
@@ -64,22 +62,9 @@ def describe_key(row: ApiKey) -> dict[str, Any]:
 )
 def create_api_key(
     _principal: KeysAdmin, session_factory: SessionFactoryDep, body: ApiKeyCreate
-) -> dict[str, Any]:
-    try:
-        service.check_scopes(body.scopes)
-    except service.UnknownScope as exc:
-        raise Problem(
-            422,
-            f"scopes: {exc}",
-            slug="validation",
-            errors=[{"field": "scopes", "message": str(exc)}],
-        ) from None
-
-    def work(session: Session) -> dict[str, Any]:
-        row, key = service.create_key(session, body.name, body.scopes)
-        return {**describe_key(row), "key": key}
-
-    return in_transaction(session_factory, work)
+) -> ApiKeyCreated:
+    row, key = service.create_key(session_factory, body.name, body.scopes)
+    return ApiKeyCreated(**ApiKeyOut.of(row).model_dump(), key=key)
 
 
 @router.get(
@@ -88,8 +73,8 @@ def create_api_key(
     summary="List API keys (never their secrets)",
     responses=problem_responses(401, 403),
 )
-def list_api_keys(_principal: KeysAdmin, session: ReadSessionDep) -> dict[str, Any]:
-    return {"items": [describe_key(row) for row in service.list_keys(session)]}
+def list_api_keys(_principal: KeysAdmin, session: ReadSessionDep) -> ApiKeyList:
+    return ApiKeyList(items=[ApiKeyOut.of(row) for row in service.list_keys(session)])
 
 
 @router.delete(
@@ -103,7 +88,5 @@ def revoke_api_key(
     session_factory: SessionFactoryDep,
     key_id: Annotated[str, Path(max_length=40)],
 ) -> Response:
-    row = in_transaction(session_factory, lambda session: service.revoke_key(session, key_id))
-    if row is None:
-        raise Problem(404, f"no API key with id {key_id!r}", slug="api-key-not-found")
+    service.revoke_key(session_factory, key_id)
     return Response(status_code=204)

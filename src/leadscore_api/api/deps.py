@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.problems import Problem
 from leadscore_api.config import Settings
+from leadscore_api.errors import Forbidden, Unauthenticated
 from leadscore_api.service.api_keys import Principal, admin_principal, key_principal
-from leadscore_api.service.registry import RulesetRegistry
+from leadscore_api.service.rulesets import RulesetRegistry
 
 
 async def get_settings(request: Request) -> Settings:
@@ -84,11 +84,8 @@ class RequireScope:
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if credentials is None or not credentials.credentials:
-            raise Problem(
-                401,
-                "send an API key as `Authorization: Bearer <key>`",
-                slug="unauthenticated",
-                headers=_CHALLENGE,
+            raise Unauthenticated(
+                "send an API key as `Authorization: Bearer <key>`", headers=_CHALLENGE
             )
         settings: Settings = request.app.state.settings
         factory: sessionmaker[Session] = request.app.state.read_session_factory
@@ -97,18 +94,12 @@ class RequireScope:
         if principal is None:
             principal = await run_in_threadpool(_stored_key_principal, factory, presented)
         if principal is None:
-            raise Problem(
-                401,
+            raise Unauthenticated(
                 "the API key is not valid (unknown, malformed or revoked)",
-                slug="unauthenticated",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
         if not principal.has(self.scope):
-            raise Problem(
-                403,
-                f"this API key lacks the scope {self.scope!r}",
-                slug="forbidden",
-            )
+            raise Forbidden(f"this API key lacks the scope {self.scope!r}")
         request.state.principal = principal
         return principal
 
@@ -117,5 +108,4 @@ EventsWriter = Annotated[Principal, Depends(RequireScope("events:write"))]
 LeadsReader = Annotated[Principal, Depends(RequireScope("leads:read"))]
 LeadsWriter = Annotated[Principal, Depends(RequireScope("leads:write"))]
 RulesAdmin = Annotated[Principal, Depends(RequireScope("rules:admin"))]
-WebhooksAdmin = Annotated[Principal, Depends(RequireScope("webhooks:admin"))]
 KeysAdmin = Annotated[Principal, Depends(RequireScope("keys:admin"))]

@@ -16,9 +16,10 @@ from leadscore_api.api.deps import (
     SessionFactoryDep,
     SettingsDep,
 )
-from leadscore_api.api.problems import Problem, problem_responses
-from leadscore_api.ingest.events import CanonicalEvent
-from leadscore_api.service.ingest import EventBodyError, parse_body, run_ingest
+from leadscore_api.api.problems import problem_responses
+from leadscore_api.errors import InvalidJson
+from leadscore_api.ingest.parsing import parse_body
+from leadscore_api.service.ingestion import EventResult, run_ingest
 
 router = APIRouter(tags=["events"])
 
@@ -36,6 +37,17 @@ class EventResultOut(BaseModel):
         description="Accepted, but something needs a look (e.g. identities of two leads).",
     )
 
+    @classmethod
+    def of(cls, result: EventResult) -> EventResultOut:
+        return cls(
+            id=result.id,
+            status=result.status,
+            lead_id=result.lead_id,
+            error=result.error,
+            unknown_type=result.unknown_type,
+            warning=result.warning,
+        )
+
 
 class EventsOut(BaseModel):
     results: list[EventResultOut]
@@ -45,13 +57,11 @@ async def json_body(request: Request) -> Any:
     """The request body as JSON; 400 when it is not JSON (read under the body-size limit)."""
     raw = await request.body()
     if not raw.strip():
-        raise Problem(400, "the request body is empty; send JSON", slug="invalid-json")
+        raise InvalidJson("the request body is empty; send JSON")
     try:
         return json_codec.parse(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Problem(
-            400, f"the request body is not valid JSON: {exc}", slug="invalid-json"
-        ) from None
+        raise InvalidJson(f"the request body is not valid JSON: {exc}") from None
 
 
 _BODY_SCHEMA = {
@@ -94,22 +104,13 @@ async def post_events(
     registry: RegistryDep,
     session_factory: SessionFactoryDep,
     metrics: MetricsDep,
-) -> dict[str, Any]:
+) -> EventsOut:
     """Each event is stored once (its `id` is the idempotency key), scored, and recorded.
 
     Results come back in input order. In a batch an invalid event is `rejected` with an error
     naming the field while the others are applied; a single invalid event is a 422 problem.
     """
-    try:
-        items, _is_batch = parse_body(body, settings.max_batch_size)
-    except EventBodyError as exc:
-        raise Problem(
-            422, str(exc), slug="validation", title="Invalid request", errors=exc.errors
-        ) from None
-    results = await run_in_threadpool(run_ingest, session_factory, registry, settings, items)
+    items, _is_batch = parse_body(body, settings.max_batch_size)
+    results = await run_in_threadpool(run_ingest, session_factory, registry, items)
     metrics.record_ingest(results)
-    return {"results": [result.to_api() for result in results]}
-
-
-#: Registered so that ``CanonicalEvent`` appears under components/schemas for the $ref above.
-EVENT_SCHEMA_MODELS: list[type[BaseModel]] = [CanonicalEvent]
+    return EventsOut(results=[EventResultOut.of(result) for result in results])

@@ -11,9 +11,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from leadscore_api.api.deps import MetricsDep
-from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.api.problems import problem_responses
+from leadscore_api.errors import Unavailable
 
 router = APIRouter(tags=["health"])
+
+
+class NotReady(Unavailable):
+    problem_type = "not-ready"
+    title = "Not ready"
 
 
 @router.get("/healthz", summary="The process is up")
@@ -46,7 +52,7 @@ async def readyz(request: Request) -> dict[str, Any]:
     if not getattr(request.app.state, "started", False):
         problems.append("still starting")
     if problems or registry is None:
-        raise Problem(503, "; ".join(problems), slug="not-ready")
+        raise NotReady("; ".join(problems))
     return {
         "status": "ready",
         "rulesets": {name: loaded.version for name, loaded in registry.rulesets.items()},

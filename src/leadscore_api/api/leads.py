@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
 from leadscore_api.api.deps import (
     LeadsReader,
@@ -16,9 +15,10 @@ from leadscore_api.api.deps import (
     RegistryDep,
     SessionFactoryDep,
 )
-from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.api.problems import problem_responses
 from leadscore_api.service import leads as service
-from leadscore_api.service.ingest import in_transaction, lead_to_api
+from leadscore_api.storage.models import Lead, ScoreChange
+from leadscore_api.storage.repositories.leads import LeadData
 
 router = APIRouter(tags=["leads"])
 
@@ -55,6 +55,27 @@ class LeadOut(BaseModel):
     created_at: datetime
     updated_at: datetime
 
+    @classmethod
+    def of(cls, lead: Lead | LeadData) -> LeadOut:
+        return cls(
+            id=lead.id,
+            email=lead.email,
+            external_id=lead.external_id,
+            attributes=lead.attributes or {},
+            letter=lead.letter,
+            score=lead.score,
+            tier=lead.tier,
+            stage=lead.stage,
+            components=lead.components or {},
+            next_action=lead.next_action,
+            next_action_due=lead.next_action_due,
+            owner=lead.owner,
+            ruleset=RulesetRef(name=lead.ruleset_name, version=lead.ruleset_version),
+            models=lead.models or {},
+            created_at=lead.created_at,
+            updated_at=lead.updated_at,
+        )
+
 
 class LeadList(BaseModel):
     items: list[LeadOut]
@@ -72,6 +93,25 @@ class HistoryItem(BaseModel):
     previous: dict[str, Any] | None
     current: dict[str, Any]
     explanation: dict[str, Any]
+
+    @classmethod
+    def of(cls, change: ScoreChange, event_type: str | None) -> HistoryItem:
+        return cls(
+            id=change.id,
+            changed_at=change.changed_at,
+            cause=change.cause,
+            event_id=change.event_id,
+            event_ids=change.event_ids or ([change.event_id] if change.event_id else []),
+            event_type=event_type,
+            ruleset={
+                "name": change.ruleset_name,
+                "version": change.ruleset_version,
+                "sha256": change.ruleset_sha256,
+            },
+            previous=change.previous,
+            current=change.current,
+            explanation=change.explanation,
+        )
 
 
 class HistoryPage(BaseModel):
@@ -94,22 +134,6 @@ class MergeRequest(BaseModel):
     other_lead_id: str = Field(min_length=1, max_length=40)
 
 
-class ErasureOut(BaseModel):
-    erased: bool
-    counts: dict[str, int]
-
-
-def _not_found(lead_id: str) -> Problem:
-    return Problem(404, f"no lead with id {lead_id!r}", slug="lead-not-found")
-
-
-def _lead_or_404(session: Session, lead_id: str) -> Any:
-    lead = service.get_lead(session, lead_id)
-    if lead is None:
-        raise _not_found(lead_id)
-    return lead
-
-
 @router.get(
     "/v1/leads",
     response_model=LeadList,
@@ -129,7 +153,7 @@ def list_leads(
     updated_since: Annotated[AwareDatetime | None, Query()] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> LeadList:
     """Leads ordered by last update (oldest first), with an opaque cursor for the next page."""
     filters = service.LeadFilters(
         email=email,
@@ -141,16 +165,8 @@ def list_leads(
         owner=owner,
         updated_since=updated_since,
     )
-    try:
-        leads, next_cursor = service.list_leads(session, filters, cursor, limit)
-    except service.BadCursor as exc:
-        raise Problem(
-            400,
-            f"cursor: {exc}",
-            slug="bad-cursor",
-            errors=[{"field": "cursor", "message": str(exc)}],
-        ) from None
-    return {"items": [lead_to_api(lead) for lead in leads], "next_cursor": next_cursor}
+    leads, next_cursor = service.list_leads(session, filters, cursor, limit)
+    return LeadList(items=[LeadOut.of(lead) for lead in leads], next_cursor=next_cursor)
 
 
 @router.get(
@@ -159,8 +175,8 @@ def list_leads(
     summary="A lead",
     responses=problem_responses(401, 403, 404),
 )
-def get_lead(_principal: LeadsReader, session: ReadSessionDep, lead_id: LeadId) -> dict[str, Any]:
-    return lead_to_api(_lead_or_404(session, lead_id))
+def get_lead(_principal: LeadsReader, session: ReadSessionDep, lead_id: LeadId) -> LeadOut:
+    return LeadOut.of(service.get_lead(session, lead_id))
 
 
 @router.get(
@@ -175,19 +191,11 @@ def get_history(
     lead_id: LeadId,
     cursor: Cursor = None,
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> HistoryPage:
     """Oldest first: the event (or API action) that caused each change, the ruleset version, why."""
-    _lead_or_404(session, lead_id)
-    try:
-        items, next_cursor = service.history(session, lead_id, cursor, limit)
-    except service.BadCursor as exc:
-        raise Problem(
-            400,
-            f"cursor: {exc}",
-            slug="bad-cursor",
-            errors=[{"field": "cursor", "message": str(exc)}],
-        ) from None
-    return {"items": items, "next_cursor": next_cursor}
+    rows, next_cursor = service.history(session, lead_id, cursor, limit)
+    items = [HistoryItem.of(change, event_type) for change, event_type in rows]
+    return HistoryPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(
@@ -198,9 +206,11 @@ def get_history(
 def get_explain(
     _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, lead_id: LeadId
 ) -> dict[str, Any]:
-    """Re-evaluated as of now (decay applied up to this moment), under every active ruleset."""
-    lead = _lead_or_404(session, lead_id)
-    return service.explain(session, registry, lead)
+    """Re-evaluated as of now (decay applied up to this moment), under every active ruleset.
+
+    Its shape follows the rule file (components and rules are named there), so it is left open.
+    """
+    return service.explain(session, registry, lead_id)
 
 
 @router.patch(
@@ -215,17 +225,11 @@ def patch_lead(
     registry: RegistryDep,
     lead_id: LeadId,
     body: AttributesUpdate,
-) -> dict[str, Any]:
+) -> LeadOut:
     """Stored as an internal `lead.attributes_updated` event, so a replay reproduces it."""
-
-    def work(session: Session) -> dict[str, Any]:
-        lead = service.update_attributes(session, registry, lead_id, body.attributes)
-        return lead_to_api(lead)
-
-    try:
-        return in_transaction(session_factory, work)
-    except service.LeadNotFound:
-        raise _not_found(lead_id) from None
+    return LeadOut.of(
+        service.update_attributes(session_factory, registry, lead_id, body.attributes)
+    )
 
 
 @router.post(
@@ -240,24 +244,9 @@ def merge_lead(
     registry: RegistryDep,
     lead_id: LeadId,
     body: MergeRequest,
-) -> dict[str, Any]:
+) -> LeadOut:
     """Identities, events and history of `other_lead_id` move here; re-scored from all events."""
-
-    def work(session: Session) -> dict[str, Any]:
-        lead = service.merge_leads(session, registry, lead_id, body.other_lead_id)
-        return lead_to_api(lead)
-
-    try:
-        return in_transaction(session_factory, work)
-    except service.LeadNotFound as exc:
-        raise _not_found(exc.lead_id) from None
-    except service.MergeError as exc:
-        raise Problem(
-            422,
-            str(exc),
-            slug="validation",
-            errors=[{"field": "other_lead_id", "message": "must differ from the lead id"}],
-        ) from None
+    return LeadOut.of(service.merge_leads(session_factory, registry, lead_id, body.other_lead_id))
 
 
 @router.delete(
@@ -270,8 +259,5 @@ def delete_lead(
     _principal: LeadsWriter, session_factory: SessionFactoryDep, lead_id: LeadId
 ) -> Response:
     """Personal data, identities, events and history go; only anonymous counts remain."""
-    try:
-        in_transaction(session_factory, lambda session: service.erase_lead(session, lead_id))
-    except service.LeadNotFound:
-        raise _not_found(lead_id) from None
+    service.erase_lead(session_factory, lead_id)
     return Response(status_code=204)

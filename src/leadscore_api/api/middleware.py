@@ -12,7 +12,8 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, BodyTooLarge, problem_body
+from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from leadscore_api.errors import BadRequest, BodyTooLarge, LeadscoreError
 
 
 class BodyLimitMiddleware:
@@ -37,15 +38,10 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_problem(send, scope, 400, "Content-Length is not a number")
+                    await _send_problem(send, scope, BadRequest("Content-Length is not a number"))
                     return
                 if declared > self.limit:
-                    await _send_problem(
-                        send,
-                        scope,
-                        413,
-                        f"the request body is larger than the limit of {self.limit} bytes",
-                    )
+                    await _send_problem(send, scope, BodyTooLarge(self.limit))
                     return
         received = 0
         started = False
@@ -70,18 +66,16 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await _send_problem(
-                send, scope, 413, f"the request body is larger than the limit of {self.limit} bytes"
-            )
+            await _send_problem(send, scope, BodyTooLarge(self.limit))
 
 
-async def _send_problem(send: Send, scope: Scope, status: int, detail: str) -> None:
-    slug = "body-too-large" if status == 413 else "bad-request"
-    body = json.dumps(problem_body(status, detail, slug=slug, instance=scope.get("path"))).encode()
+async def _send_problem(send: Send, scope: Scope, error: LeadscoreError) -> None:
+    """Answer before the app runs (no exception handler there), in the app's problem shape."""
+    body = json.dumps(problem_body(error, scope.get("path"))).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": error.status,
             "headers": [
                 (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),

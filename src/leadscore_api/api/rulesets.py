@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel
 
 from leadscore_api.api.deps import RegistryDep, RulesAdmin
-from leadscore_api.api.problems import Problem, problem_responses
+from leadscore_api.api.problems import problem_responses
 from leadscore_api.scoring import LoadedRuleset
-from leadscore_api.service.ingest import iso
-from leadscore_api.service.registry import RulesetRegistry
+from leadscore_api.service import rulesets as service
+from leadscore_api.service.rulesets import RulesetRegistry
 
 router = APIRouter(tags=["rulesets"])
 
@@ -24,6 +24,16 @@ class RulesetOut(BaseModel):
     primary: bool
     activated_at: datetime | None
 
+    @classmethod
+    def of(cls, registry: RulesetRegistry, loaded: LoadedRuleset) -> RulesetOut:
+        return cls(
+            name=loaded.name,
+            version=loaded.version,
+            sha256=loaded.sha256,
+            primary=loaded.name == registry.primary_name,
+            activated_at=registry.activated_at.get(loaded.name),
+        )
+
 
 class RulesetDetail(RulesetOut):
     content: str
@@ -33,24 +43,14 @@ class RulesetList(BaseModel):
     items: list[RulesetOut]
 
 
-def _describe(registry: RulesetRegistry, loaded: LoadedRuleset) -> dict[str, Any]:
-    return {
-        "name": loaded.name,
-        "version": loaded.version,
-        "sha256": loaded.sha256,
-        "primary": loaded.name == registry.primary_name,
-        "activated_at": iso(registry.activated_at.get(loaded.name)),
-    }
-
-
 @router.get(
     "/v1/rulesets",
     response_model=RulesetList,
     summary="Loaded rulesets",
     responses=problem_responses(401, 403),
 )
-def list_rulesets(_principal: RulesAdmin, registry: RegistryDep) -> dict[str, Any]:
-    return {"items": [_describe(registry, loaded) for loaded in registry.ordered()]}
+def list_rulesets(_principal: RulesAdmin, registry: RegistryDep) -> RulesetList:
+    return RulesetList(items=[RulesetOut.of(registry, loaded) for loaded in registry.ordered()])
 
 
 @router.get(
@@ -63,8 +63,6 @@ def get_ruleset(
     _principal: RulesAdmin,
     registry: RegistryDep,
     name: Annotated[str, Path(max_length=100)],
-) -> dict[str, Any]:
-    loaded = registry.rulesets.get(name)
-    if loaded is None:
-        raise Problem(404, f"no loaded ruleset named {name!r}", slug="ruleset-not-found")
-    return {**_describe(registry, loaded), "content": loaded.content}
+) -> RulesetDetail:
+    loaded = service.get_ruleset(registry, name)
+    return RulesetDetail(**RulesetOut.of(registry, loaded).model_dump(), content=loaded.content)

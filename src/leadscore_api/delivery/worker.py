@@ -34,25 +34,24 @@ from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api import __version__
 from leadscore_api.config import Settings
-from leadscore_api.delivery import outbox
-from leadscore_api.delivery.models import (
-    STATUS_DELIVERED,
-    STATUS_FAILED,
-    STATUS_PENDING,
-    DeliveryAttempt,
-    OutboxMessage,
-    Subscription,
-    new_id,
-)
 from leadscore_api.delivery.schedule import next_delay, parse_retry_after
 from leadscore_api.delivery.signer import canonical_body, signature_headers
 from leadscore_api.delivery.ssrf import UnsafeTargetError, checked_target
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.delivery_models import (
+    STATUS_DELIVERED,
+    STATUS_FAILED,
+    DeliveryAttempt,
+    OutboxMessage,
+    Subscription,
+)
+from leadscore_api.storage.ids import new_id
+from leadscore_api.storage.repositories import outbox
+from leadscore_api.storage.repositories import subscriptions as subscriptions_repo
 
 log = logging.getLogger("leadscore.delivery")
 
@@ -188,42 +187,17 @@ class DeliveryWorker:
     def claim(self, limit: int | None = None) -> list[Claimed]:
         """Lease up to ``limit`` due messages to this worker (one short transaction)."""
         limit = limit or self.options.batch_size
+        token = new_id("clm")
         with self.session_factory() as session, session.begin():
             now = utcnow()
-            query = (
-                select(OutboxMessage.id)
-                .join(Subscription, Subscription.id == OutboxMessage.subscription_id)
-                .where(
-                    OutboxMessage.status == STATUS_PENDING,
-                    OutboxMessage.next_attempt_at <= now,
-                    Subscription.enabled.is_(True),
-                )
-                .order_by(OutboxMessage.next_attempt_at)
-                .limit(limit)
-            )
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True, of=OutboxMessage)
-            ids = list(session.scalars(query))
-            if not ids:
-                return []
-            token = new_id("clm")
             lease_seconds = self.options.timeout_seconds + self.options.lease_margin_seconds
-            lease = now + timedelta(seconds=lease_seconds)
-            session.execute(
-                update(OutboxMessage)
-                .where(
-                    OutboxMessage.id.in_(ids),
-                    OutboxMessage.status == STATUS_PENDING,
-                    OutboxMessage.next_attempt_at <= now,
-                )
-                .values(claim_token=token, next_attempt_at=lease)
-                .execution_options(synchronize_session=False)
+            leased = outbox.claim_due(
+                session,
+                now=now,
+                limit=limit,
+                token=token,
+                lease_until=now + timedelta(seconds=lease_seconds),
             )
-            rows = session.execute(
-                select(OutboxMessage.id, OutboxMessage.payload, Subscription)
-                .join(Subscription, Subscription.id == OutboxMessage.subscription_id)
-                .where(OutboxMessage.claim_token == token)
-            ).all()
             return [
                 Claimed(
                     message_id=message_id,
@@ -233,7 +207,7 @@ class DeliveryWorker:
                     secrets=_signing_secrets(sub, now),
                     body=canonical_body(payload),
                 )
-                for message_id, payload, sub in rows
+                for message_id, payload, sub in leased
             ]
 
     # -- send --------------------------------------------------------------------------------
@@ -333,28 +307,17 @@ class DeliveryWorker:
             return
         with self.session_factory() as session, session.begin():
             now = utcnow()
-            messages = {
-                m.id: m
-                for m in session.scalars(
-                    select(OutboxMessage).where(
-                        OutboxMessage.id.in_([r.claimed.message_id for r in results])
-                    )
-                )
-            }
-            subscriptions = {
-                s.id: s
-                for s in session.scalars(
-                    select(Subscription).where(
-                        Subscription.id.in_({r.claimed.subscription_id for r in results})
-                    )
-                )
-            }
+            messages = outbox.by_ids(session, [r.claimed.message_id for r in results])
+            subscriptions = subscriptions_repo.by_ids(
+                session, {r.claimed.subscription_id for r in results}
+            )
             for result in results:
                 claimed = result.claimed
                 message = messages.get(claimed.message_id)
                 if message is None:
                     continue  # deleted with its subscription while in flight
-                session.add(
+                outbox.add_attempt(
+                    session,
                     DeliveryAttempt(
                         message_id=claimed.message_id,
                         subscription_id=claimed.subscription_id,
@@ -364,7 +327,7 @@ class DeliveryWorker:
                         success=result.success,
                         error=result.error,
                         response_body=result.response_body,
-                    )
+                    ),
                 )
                 if message.claim_token != claimed.claim_token:
                     # Retried or replayed through the API while in flight: the attempt is on
@@ -546,7 +509,7 @@ async def run_timer(
     """Call ``tick(session_factory, now)`` every ``interval`` seconds until ``stop`` is set.
 
     ``tick`` finds leads whose SLA or re-qualification time has passed and enqueues their
-    time-driven transitions (:mod:`leadscore_api.delivery.timers`).
+    time-driven transitions (:mod:`leadscore_api.service.timers`).
     """
     while not stop.is_set():
         try:

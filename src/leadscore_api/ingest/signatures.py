@@ -15,8 +15,10 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 
+from leadscore_api.errors import InvalidPayload, WebhookUnauthenticated
 
-class SignatureError(Exception):
+
+class SignatureError(WebhookUnauthenticated):
     """The request does not prove it comes from the platform: answer 401, store nothing.
 
     The message says what was wrong (missing header, bad signature, stale timestamp) and never
@@ -24,11 +26,14 @@ class SignatureError(Exception):
     """
 
 
-class SourceNotConfigured(Exception):
-    """The source has no usable secret, so no request can be authenticated (an operator problem)."""
+class BasicAuthError(SignatureError):
+    """Wrong or missing HTTP basic credentials: the answer carries a Basic challenge."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Basic realm="leadscore webhooks"'})
 
 
-class PayloadError(ValueError):
+class PayloadError(InvalidPayload):
     """The body as a whole cannot be read (not JSON, wrong shape): answer 400, store nothing."""
 
 
@@ -95,16 +100,16 @@ def check_basic_auth(headers: Mapping[str, str], secret: str) -> None:
     """
     value = header(headers, "authorization")
     if not value:
-        raise SignatureError("missing HTTP basic credentials (Authorization: Basic ...)")
+        raise BasicAuthError("missing HTTP basic credentials (Authorization: Basic ...)")
     scheme, _, encoded = value.partition(" ")
     if scheme.lower() != "basic" or not encoded:
-        raise SignatureError("the Authorization header is not HTTP basic auth")
+        raise BasicAuthError("the Authorization header is not HTTP basic auth")
     try:
         provided = b64decode_strict(encoded)
     except ValueError as exc:
-        raise SignatureError("the basic auth credentials are not valid base64") from exc
+        raise BasicAuthError("the basic auth credentials are not valid base64") from exc
     if not secure_equals(secret.encode(), provided):
-        raise SignatureError("wrong user name or password")
+        raise BasicAuthError("wrong user name or password")
 
 
 def check_token(headers: Mapping[str, str], query: Mapping[str, str], secret: str) -> None:

@@ -14,13 +14,14 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from leadscore_api.errors import InvalidInput, NotFound
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.models import ApiKey
+from leadscore_api.storage.repositories import api_keys as api_keys_repo
+from leadscore_api.storage.unit_of_work import in_transaction
 
 SCOPES: tuple[str, ...] = (
     "events:write",
@@ -46,8 +47,10 @@ class Principal:
         return scope in self.scopes
 
 
-class UnknownScope(ValueError):
-    pass
+class UnknownScope(InvalidInput):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"scopes: {message}", errors=[{"field": "scopes", "message": message}])
+        self.message = message
 
 
 def hash_key(key: str) -> str:
@@ -65,28 +68,39 @@ def check_scopes(scopes: Iterable[str]) -> list[str]:
     return out
 
 
-def create_key(session: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
+def public_prefix(row: ApiKey) -> str:
+    """The start of a key that identifies it without revealing it (``lsk_<id>_``)."""
+    return f"{KEY_PREFIX}_{row.id}_"
+
+
+def create_key(
+    session_factory: sessionmaker[Session], name: str, scopes: Iterable[str]
+) -> tuple[ApiKey, str]:
     """A new key row and the key itself (the only time it exists in clear)."""
     checked = check_scopes(scopes)
     key_id = secrets.token_hex(8)
     key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     row = ApiKey(id=key_id, name=name, key_hash=hash_key(key), scopes=checked, created_at=utcnow())
-    session.add(row)
-    session.flush()
+    in_transaction(session_factory, lambda session: api_keys_repo.add(session, row))
     return row, key
 
 
 def list_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+    return api_keys_repo.list_all(session)
 
 
-def revoke_key(session: Session, key_id: str, now: datetime | None = None) -> ApiKey | None:
-    row = session.get(ApiKey, key_id)
-    if row is None:
-        return None
-    if row.revoked_at is None:
-        row.revoked_at = now or utcnow()
-    return row
+def revoke_key(session_factory: sessionmaker[Session], key_id: str) -> ApiKey:
+    """Revoke (idempotent: revoking twice keeps the first time); NotFound for an unknown id."""
+
+    def work(session: Session) -> ApiKey:
+        row = api_keys_repo.get(session, key_id)
+        if row is None:
+            raise NotFound(f"no API key with id {key_id!r}")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+        return row
+
+    return in_transaction(session_factory, work)
 
 
 def admin_principal(presented: str, admin_key: str | None) -> Principal | None:
@@ -104,14 +118,9 @@ def key_principal(session: Session, presented: str) -> Principal | None:
     key_id, sep2, _secret = rest.partition("_")
     if prefix != KEY_PREFIX or not sep or not sep2 or not key_id or len(key_id) > 40:
         return None
-    row = session.get(ApiKey, key_id)
+    row = api_keys_repo.get(session, key_id)
     if row is None or row.revoked_at is not None:
         return None
     if not hmac.compare_digest(row.key_hash, hash_key(presented)):
         return None
     return Principal(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
-
-
-def authenticate(session: Session, presented: str, admin_key: str | None) -> Principal | None:
-    """The principal for a presented key (admin key or stored key), or None."""
-    return admin_principal(presented, admin_key) or key_principal(session, presented)

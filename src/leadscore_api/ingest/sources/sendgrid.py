@@ -20,10 +20,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from leadscore_api.errors import SourceNotConfigured
 from leadscore_api.ingest.signatures import (
     PayloadError,
     SignatureError,
-    SourceNotConfigured,
     b64decode_strict,
     check_timestamp,
     header,

@@ -23,20 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from leadscore_api.storage.base import Base, JSONType, utcnow
-from leadscore_api.storage.ids import new_id
 from leadscore_api.storage.models import BigIntKey
-
-__all__ = [
-    "MESSAGE_STATUSES",
-    "STATUS_DELIVERED",
-    "STATUS_FAILED",
-    "STATUS_PENDING",
-    "DeliveryAttempt",
-    "LeadTimer",
-    "OutboxMessage",
-    "Subscription",
-    "new_id",
-]
 
 STATUS_PENDING = "pending"
 STATUS_DELIVERED = "delivered"

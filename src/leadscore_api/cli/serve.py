@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from leadscore_api.config import Settings
+from leadscore_api.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def checked_settings() -> Settings:
+    """The settings, or exit 1 with each bad variable named (before anything starts)."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(f"{exc}\nnot starting.")
 
 
 @click.command()
@@ -34,10 +42,10 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
     import uvicorn
 
     from leadscore_api.scoring import RuleFileError
-    from leadscore_api.service.registry import RegistryError, RulesetRegistry
+    from leadscore_api.service.rulesets import RegistryError, RulesetRegistry
     from leadscore_api.storage.migrate import upgrade_database
 
-    settings = Settings()
+    settings = checked_settings()
     try:
         RulesetRegistry.load(settings)
     except (RuleFileError, RegistryError) as exc:
@@ -51,7 +59,7 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
     )
     if workers > 1:
         uvicorn.run(
-            "leadscore_api.server_cli:served_app",
+            "leadscore_api.cli.serve:served_app",
             factory=True,
             host=host,
             port=port,
@@ -67,7 +75,7 @@ def served_app(settings: Settings | None = None) -> FastAPI:
     from leadscore_api.app import create_app
     from leadscore_api.runtime import freeze_startup_objects
 
-    return create_app(settings or Settings(), lifespan_hooks=[freeze_startup_objects])
+    return create_app(settings or load_settings(), lifespan_hooks=[freeze_startup_objects])
 
 
 def _safe_url(url: str) -> str:
@@ -93,22 +101,18 @@ def apikey() -> None:
 def apikey_create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print it (the only time it is shown)."""
     from leadscore_api.service import api_keys
-    from leadscore_api.service.ingest import in_transaction
     from leadscore_api.storage.db import make_engine, make_session_factory
     from leadscore_api.storage.migrate import upgrade_database
 
     try:
         checked = api_keys.check_scopes(scopes)
     except api_keys.UnknownScope as exc:
-        _fail(str(exc))
-    settings = Settings()
+        _fail(exc.message)
+    settings = checked_settings()
     upgrade_database(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
-        _row, key = in_transaction(
-            make_session_factory(engine),
-            lambda session: api_keys.create_key(session, name, checked),
-        )
+        _row, key = api_keys.create_key(make_session_factory(engine), name, checked)
     finally:
         engine.dispose()
     click.echo(key)
@@ -120,7 +124,7 @@ def apikey_list() -> None:
     from leadscore_api.service import api_keys
     from leadscore_api.storage.db import make_engine, make_session_factory
 
-    settings = Settings()
+    settings = checked_settings()
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine, read_only=True)() as session:
@@ -135,18 +139,16 @@ def apikey_list() -> None:
 @click.argument("key_id")
 def apikey_revoke(key_id: str) -> None:
     """Revoke the key with this id."""
+    from leadscore_api.errors import NotFound
     from leadscore_api.service import api_keys
-    from leadscore_api.service.ingest import in_transaction
     from leadscore_api.storage.db import make_engine, make_session_factory
 
-    settings = Settings()
+    settings = checked_settings()
     engine = make_engine(settings.database_url)
     try:
-        row = in_transaction(
-            make_session_factory(engine), lambda session: api_keys.revoke_key(session, key_id)
-        )
+        api_keys.revoke_key(make_session_factory(engine), key_id)
+    except NotFound as exc:
+        _fail(exc.detail)
     finally:
         engine.dispose()
-    if row is None:
-        _fail(f"no API key with id {key_id!r}")
     click.echo(f"revoked {key_id}")

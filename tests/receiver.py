@@ -207,7 +207,7 @@ def receiving(host: str = "127.0.0.1", port: int = 0) -> Iterator[Receiver]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m leadscore_api.delivery.receiver --port 9000``: run one until interrupted."""
+    """``python -m tests.receiver --port 9000``: run one until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from leadscore_api.delivery.cli import worker
-from leadscore_api.scoring.cli import rules
-from leadscore_api.server_cli import apikey, serve
+from leadscore_api.cli.rules import rules
+from leadscore_api.cli.serve import apikey, serve
+from leadscore_api.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

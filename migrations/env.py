@@ -1,4 +1,4 @@
-"""Alembic environment: the service's models (and the delivery tables when installed)."""
+"""Alembic environment: every table of the service, from ``storage.metadata``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from leadscore_api.storage.db import make_engine
-from leadscore_api.storage.registry import load_all_models
+from leadscore_api.storage.metadata import all_tables
 
 config = context.config
-# Every subsystem's tables (delivery, webhook replay tokens, ...) so autogenerate sees them all.
-target_metadata = load_all_models()
+target_metadata = all_tables()
 
 
 def _database_url() -> str:

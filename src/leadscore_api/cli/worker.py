@@ -15,9 +15,10 @@ import signal
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
+from leadscore_api.cli.serve import checked_settings
 from leadscore_api.config import Settings
-from leadscore_api.delivery.timers import tick as timer_tick
 from leadscore_api.delivery.worker import running_workers
+from leadscore_api.service.timers import tick as timer_tick
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 
@@ -56,11 +57,7 @@ async def _run(settings: Settings, registry: CollectorRegistry, **overrides: int
 def worker(migrate: bool, concurrency: int, batch_size: int, metrics_port: int | None) -> None:
     """Deliver outbound webhooks and fire time-driven transitions (no HTTP API)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings()
-    try:
-        settings.retry_delays()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    settings = checked_settings()
     if migrate:
         from leadscore_api.storage.migrate import upgrade_database
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from leadscore_api.config import Settings
+from leadscore_api.errors import NotFound
 from leadscore_api.scoring import LoadedRuleset, load_rules_dir
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.models import RulesetRecord
+from leadscore_api.storage.repositories import rulesets as rulesets_repo
 
 
 class RegistryError(Exception):
@@ -62,37 +62,23 @@ class RulesetRegistry:
 
 
 def record_rulesets(session: Session, registry: RulesetRegistry) -> None:
-    """Insert each loaded ruleset version once, and learn when it was first activated.
-
-    Replicas starting together may race to insert the same (name, sha256); the loser's
-    unique-constraint error is ignored because the row it wanted exists.
-    """
+    """Store each loaded ruleset text once, and learn when it was first activated."""
     for loaded in registry.ordered():
-        existing = session.scalar(
-            select(RulesetRecord).where(
-                RulesetRecord.name == loaded.name, RulesetRecord.sha256 == loaded.sha256
-            )
-        )
-        if existing is None:
-            record = RulesetRecord(
+        record = rulesets_repo.add_once(
+            session,
+            RulesetRecord(
                 name=loaded.name,
                 version=loaded.version,
                 sha256=loaded.sha256,
                 content=loaded.content,
                 activated_at=utcnow(),
-            )
-            try:
-                with session.begin_nested():
-                    session.add(record)
-            except IntegrityError:
-                existing = session.scalar(
-                    select(RulesetRecord).where(
-                        RulesetRecord.name == loaded.name, RulesetRecord.sha256 == loaded.sha256
-                    )
-                )
-                if existing is None:
-                    raise
-                record = existing
-        else:
-            record = existing
+            ),
+        )
         registry.activated_at[loaded.name] = record.activated_at
+
+
+def get_ruleset(registry: RulesetRegistry, name: str) -> LoadedRuleset:
+    loaded = registry.rulesets.get(name)
+    if loaded is None:
+        raise NotFound(f"no loaded ruleset named {name!r}")
+    return loaded

@@ -1,0 +1,15 @@
+"""Every table of the application on one ``Base.metadata``, for Alembic and schema checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+from leadscore_api.storage import delivery_models, models
+from leadscore_api.storage.base import Base
+
+#: The modules that declare tables; importing them registers their tables on ``Base.metadata``.
+TABLE_MODULES = (models, delivery_models)
+
+
+def all_tables() -> MetaData:
+    return Base.metadata

@@ -1,0 +1,487 @@
+"""SQL of the lead aggregate: leads, identities, events, outcomes, scores and history.
+
+Statements are built once: building them per request (clause coercion, cache keys) cost more
+than executing them. They are Core statements on the tables, run on the session's connection,
+so that no ORM bulk-persistence or unit-of-work machinery sits in the hot path of ingestion;
+the CRM reads and the rarer writes (merge, erasure) use the ORM models.
+
+Concurrent writers to one lead are serialised by a lock on its ``leads`` row (``SELECT ... FOR
+UPDATE`` on PostgreSQL; SQLite serialises every write transaction with ``BEGIN IMMEDIATE``),
+and the rows also carry a version number, so a lost update is impossible rather than unlikely.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from leadscore_api.scoring import ScoringEvent
+from leadscore_api.storage.base import Base
+from leadscore_api.storage.models import (
+    IDENTITY_EMAIL,
+    IDENTITY_EXTERNAL_ID,
+    Erasure,
+    Event,
+    Lead,
+    LeadIdentity,
+    LeadScore,
+    Outcome,
+    ScoreChange,
+)
+from leadscore_api.storage.unit_of_work import RetryTransaction
+
+LEADS_TABLE: Table = Base.metadata.tables["leads"]
+SCORES_TABLE: Table = Base.metadata.tables["lead_scores"]
+EVENTS_TABLE: Table = Base.metadata.tables["events"]
+IDENTITIES_TABLE: Table = Base.metadata.tables["lead_identities"]
+HISTORY_TABLE: Table = Base.metadata.tables["score_changes"]
+OUTCOMES_TABLE: Table = Base.metadata.tables["outcomes"]
+#: Rows per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+
+@dataclass(eq=False)
+class LeadData:
+    """A locked ``leads`` row, changed in memory and written back in one statement per request.
+
+    Plain objects instead of ORM instances keep a batch of 100 events to a dozen SQL
+    statements (executemany) instead of several per event.
+    """
+
+    id: str
+    email: str | None
+    external_id: str | None
+    attributes: dict[str, Any]
+    letter: str | None
+    score: int
+    tier: str | None
+    stage: str
+    components: dict[str, Any]
+    next_action: str | None
+    next_action_due: datetime | None
+    owner: str | None
+    ruleset_name: str | None
+    ruleset_version: int | None
+    models: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    dirty: bool = False
+
+
+@dataclass(eq=False)
+class ScoreData:
+    """A ``lead_scores`` row: the core's incremental state of one lead under one ruleset."""
+
+    lead_id: str
+    ruleset_name: str
+    ruleset_version: int
+    ruleset_sha256: str
+    state: dict[str, Any]
+    summary: dict[str, Any]
+    version: int
+    updated_at: datetime
+    is_new: bool = False
+
+
+_LEAD_FIELDS = (
+    "email",
+    "external_id",
+    "attributes",
+    "letter",
+    "score",
+    "tier",
+    "stage",
+    "components",
+    "next_action",
+    "next_action_due",
+    "owner",
+    "ruleset_name",
+    "ruleset_version",
+    "models",
+    "created_at",
+    "updated_at",
+)
+_SCORE_FIELDS = ("ruleset_version", "ruleset_sha256", "state", "summary", "updated_at")
+
+
+def new_lead(lead_id: str, email: str | None, external_id: str | None, now: datetime) -> LeadData:
+    return LeadData(
+        id=lead_id,
+        email=email,
+        external_id=external_id,
+        attributes={},
+        letter=None,
+        score=0,
+        tier=None,
+        stage="lead",
+        components={},
+        next_action=None,
+        next_action_due=None,
+        owner=None,
+        ruleset_name=None,
+        ruleset_version=None,
+        models={},
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )
+
+
+# Statements are built once: building them per request (clause coercion, cache keys) cost
+
+
+_INSERT_LEADS = insert(LEADS_TABLE)
+_INSERT_EVENTS = insert(EVENTS_TABLE)
+_INSERT_IDENTITIES = insert(IDENTITIES_TABLE)
+_INSERT_OUTCOMES = insert(OUTCOMES_TABLE)
+_INSERT_HISTORY = insert(HISTORY_TABLE)
+_INSERT_SCORES = insert(SCORES_TABLE)
+_UPDATE_LEADS = (
+    update(LEADS_TABLE)
+    .where(LEADS_TABLE.c.id == bindparam("b_id"), LEADS_TABLE.c.version == bindparam("b_version"))
+    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _LEAD_FIELDS})
+)
+_UPDATE_SCORES = (
+    update(SCORES_TABLE)
+    .where(
+        SCORES_TABLE.c.lead_id == bindparam("b_lead_id"),
+        SCORES_TABLE.c.ruleset_name == bindparam("b_name"),
+        SCORES_TABLE.c.version == bindparam("b_version"),
+    )
+    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _SCORE_FIELDS})
+)
+_LOCK_LEADS = (
+    select(LEADS_TABLE)
+    .where(LEADS_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(LEADS_TABLE.c.id)
+    .with_for_update()
+)
+_LOAD_SCORES = select(SCORES_TABLE).where(
+    SCORES_TABLE.c.lead_id.in_(bindparam("ids", expanding=True))
+)
+#: Which of the given event ids are stored, and which leads the given identities belong to,
+#: in one round trip (``kind`` is ``"event"`` for the first part).
+_LOOKUP = union_all(
+    select(literal("event").label("kind"), EVENTS_TABLE.c.id, EVENTS_TABLE.c.lead_id).where(
+        EVENTS_TABLE.c.id.in_(bindparam("event_ids", expanding=True))
+    ),
+    select(IDENTITIES_TABLE.c.kind, IDENTITIES_TABLE.c.value, IDENTITIES_TABLE.c.lead_id).where(
+        IDENTITIES_TABLE.c.kind == IDENTITY_EMAIL,
+        IDENTITIES_TABLE.c.value.in_(bindparam("emails", expanding=True)),
+    ),
+    select(IDENTITIES_TABLE.c.kind, IDENTITIES_TABLE.c.value, IDENTITIES_TABLE.c.lead_id).where(
+        IDENTITIES_TABLE.c.kind == IDENTITY_EXTERNAL_ID,
+        IDENTITIES_TABLE.c.value.in_(bindparam("externals", expanding=True)),
+    ),
+)
+
+
+def chunks(values: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield list(values[start : start + _CHUNK])
+
+
+def insert_leads(session: Session, leads: Iterable[LeadData]) -> None:
+    rows = [
+        {"id": lead.id, "version": lead.version, **{f: getattr(lead, f) for f in _LEAD_FIELDS}}
+        for lead in leads
+    ]
+    if rows:
+        session.connection().execute(_INSERT_LEADS, rows)
+
+
+def _check_rowcount(result: Any, expected: int, connection: Connection) -> None:
+    if connection.dialect.supports_sane_multi_rowcount and result.rowcount != expected:
+        raise RetryTransaction("a row changed under this transaction (version mismatch)")
+
+
+def write_leads(session: Session, leads: Iterable[LeadData]) -> None:
+    """Write changed leads back, each guarded by its version (a belt on top of the row lock)."""
+    params = []
+    for lead in leads:
+        if not lead.dirty:
+            continue
+        params.append(
+            {
+                "b_id": lead.id,
+                "b_version": lead.version,
+                "new_version": lead.version + 1,
+                **{f: getattr(lead, f) for f in _LEAD_FIELDS},
+            }
+        )
+        lead.version += 1
+        lead.dirty = False
+    if not params:
+        return
+    connection = session.connection()
+    _check_rowcount(connection.execute(_UPDATE_LEADS, params), len(params), connection)
+
+
+def write_scores(session: Session, scores: Iterable[ScoreData]) -> None:
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for row in scores:
+        values = {f: getattr(row, f) for f in _SCORE_FIELDS}
+        if row.is_new:
+            inserts.append(
+                {"lead_id": row.lead_id, "ruleset_name": row.ruleset_name, "version": 1, **values}
+            )
+            row.is_new = False
+            row.version = 1
+        else:
+            updates.append(
+                {
+                    "b_lead_id": row.lead_id,
+                    "b_name": row.ruleset_name,
+                    "b_version": row.version,
+                    "new_version": row.version + 1,
+                    **values,
+                }
+            )
+            row.version += 1
+    connection = session.connection()
+    if inserts:
+        connection.execute(_INSERT_SCORES, inserts)
+    if updates:
+        _check_rowcount(connection.execute(_UPDATE_SCORES, updates), len(updates), connection)
+
+
+def lock_leads(session: Session, lead_ids: Iterable[str]) -> dict[str, LeadData]:
+    """Load and lock leads in id order (one order everywhere, so two requests never deadlock)."""
+    connection = session.connection()
+    found: dict[str, LeadData] = {}
+    for chunk in chunks(sorted(set(lead_ids))):
+        for row in connection.execute(_LOCK_LEADS, {"ids": chunk}).mappings():
+            found[row["id"]] = LeadData(**row)
+    return found
+
+
+def load_scores(session: Session, lead_ids: Iterable[str]) -> dict[str, dict[str, ScoreData]]:
+    connection = session.connection()
+    out: dict[str, dict[str, ScoreData]] = defaultdict(dict)
+    for chunk in chunks(sorted(set(lead_ids))):
+        for row in connection.execute(_LOAD_SCORES, {"ids": chunk}).mappings():
+            out[row["lead_id"]][row["ruleset_name"]] = ScoreData(**row)
+    return out
+
+
+def lookup(
+    session: Session, event_ids: Sequence[str], emails: Sequence[str], externals: Sequence[str]
+) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """Which event ids are stored (to their lead), and which identities are known (to their lead).
+
+    One query for both when the lists fit in one statement (every request up to 500 events),
+    which saves a round trip per request on PostgreSQL.
+    """
+    ids = sorted(set(event_ids))
+    stored: dict[str, str] = {}
+    known: dict[tuple[str, str], str] = {}
+    connection = session.connection()
+    if max(len(ids), len(emails), len(externals)) <= _CHUNK:
+        params = {"event_ids": ids, "emails": list(emails), "externals": list(externals)}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            if kind == "event":
+                stored[value] = lead_id
+            else:
+                known[(kind, value)] = lead_id
+        return stored, known
+    empty: list[str] = []
+    for chunk in chunks(ids):
+        params = {"event_ids": chunk, "emails": empty, "externals": empty}
+        for _kind, value, lead_id in connection.execute(_LOOKUP, params):
+            stored[value] = lead_id
+    for chunk in chunks(emails):
+        params = {"event_ids": empty, "emails": chunk, "externals": empty}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            known[(kind, value)] = lead_id
+    for chunk in chunks(externals):
+        params = {"event_ids": empty, "emails": empty, "externals": chunk}
+        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+            known[(kind, value)] = lead_id
+    return stored, known
+
+
+def insert_identities(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().execute(_INSERT_IDENTITIES, list(rows))
+
+
+def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().execute(_INSERT_EVENTS, list(rows))
+
+
+def insert_outcomes(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().execute(_INSERT_OUTCOMES, list(rows))
+
+
+def insert_history(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.connection().execute(_INSERT_HISTORY, list(rows))
+
+
+def lead_events(session: Session, lead_id: str) -> list[ScoringEvent]:
+    """Every stored event of a lead, in the order the core replays them."""
+    rows = session.execute(
+        select(Event.id, Event.type, Event.occurred_at, Event.properties, Event.attributes)
+        .where(Event.lead_id == lead_id)
+        .order_by(Event.occurred_at, Event.id)
+    )
+    return [
+        ScoringEvent(
+            id=row.id,
+            type=row.type,
+            occurred_at=row.occurred_at,
+            properties=row.properties or {},
+            attributes=row.attributes or {},
+        )
+        for row in rows
+    ]
+
+
+# -- CRM reads ---------------------------------------------------------------------------------
+
+
+def get_lead(session: Session, lead_id: str) -> Lead | None:
+    return session.get(Lead, lead_id)
+
+
+@dataclass
+class LeadFilters:
+    email: str | None = None
+    external_id: str | None = None
+    tier: str | None = None
+    stage: str | None = None
+    letter: str | None = None
+    min_score: int | None = None
+    owner: str | None = None
+    updated_since: datetime | None = None
+
+
+def list_leads(
+    session: Session, filters: LeadFilters, after: tuple[datetime, str] | None, limit: int
+) -> list[Lead]:
+    """Up to ``limit`` leads oldest-updated first, after the (updated_at, id) key ``after``.
+
+    ``filters.email`` must be normalised already: identities are stored normalised.
+    """
+    statement = select(Lead)
+    if filters.email is not None:
+        statement = statement.where(
+            Lead.id.in_(
+                select(LeadIdentity.lead_id).where(
+                    LeadIdentity.kind == IDENTITY_EMAIL, LeadIdentity.value == filters.email
+                )
+            )
+        )
+    if filters.external_id is not None:
+        statement = statement.where(
+            Lead.id.in_(
+                select(LeadIdentity.lead_id).where(
+                    LeadIdentity.kind == IDENTITY_EXTERNAL_ID,
+                    LeadIdentity.value == filters.external_id,
+                )
+            )
+        )
+    if filters.tier is not None:
+        statement = statement.where(Lead.tier == filters.tier)
+    if filters.stage is not None:
+        statement = statement.where(Lead.stage == filters.stage)
+    if filters.letter is not None:
+        statement = statement.where(Lead.letter == filters.letter)
+    if filters.min_score is not None:
+        statement = statement.where(Lead.score >= filters.min_score)
+    if filters.owner is not None:
+        statement = statement.where(Lead.owner == filters.owner)
+    if filters.updated_since is not None:
+        statement = statement.where(Lead.updated_at >= filters.updated_since)
+    if after is not None:
+        after_time, after_id = after
+        statement = statement.where(
+            or_(
+                Lead.updated_at > after_time,
+                and_(Lead.updated_at == after_time, Lead.id > after_id),
+            )
+        )
+    statement = statement.order_by(Lead.updated_at, Lead.id).limit(limit)
+    return list(session.scalars(statement))
+
+
+def history(
+    session: Session, lead_id: str, after_id: int | None, limit: int
+) -> list[tuple[ScoreChange, str | None]]:
+    """Up to ``limit`` changes of a lead after ``after_id``, oldest first, with the event type."""
+    statement = (
+        select(ScoreChange, Event.type)
+        .outerjoin(Event, Event.id == ScoreChange.event_id)
+        .where(ScoreChange.lead_id == lead_id)
+    )
+    if after_id is not None:
+        statement = statement.where(ScoreChange.id > after_id)
+    statement = statement.order_by(ScoreChange.id).limit(limit)
+    return [(change, event_type) for change, event_type in session.execute(statement)]
+
+
+# -- merge and erasure -------------------------------------------------------------------------
+
+
+def move_lead_rows(session: Session, from_id: str, to_id: str) -> None:
+    """Identities, events, outcomes and history of one lead now belong to another."""
+    for model in (LeadIdentity, Event, Outcome, ScoreChange):
+        session.execute(
+            update(model).where(model.lead_id == from_id).values(lead_id=to_id),
+            execution_options={"synchronize_session": False},
+        )
+
+
+def delete_lead(session: Session, lead_id: str) -> None:
+    """The lead row and its scores (its other rows were moved or deleted before)."""
+    session.execute(delete(LeadScore).where(LeadScore.lead_id == lead_id))
+    session.execute(delete(Lead).where(Lead.id == lead_id))
+
+
+def erase_personal_rows(session: Session, lead_id: str) -> dict[str, int]:
+    """Delete what names the person; return how many rows of each kind there were."""
+    counts: dict[str, int] = {}
+    for name, model in (
+        ("events", Event),
+        ("identities", LeadIdentity),
+        ("score_changes", ScoreChange),
+        ("outcomes", Outcome),
+    ):
+        counts[name] = int(
+            session.scalar(select(func.count()).select_from(model).where(model.lead_id == lead_id))
+            or 0
+        )
+        session.execute(delete(model).where(model.lead_id == lead_id))
+    return counts
+
+
+def record_erasure(session: Session, erased_at: datetime, counts: dict[str, int]) -> None:
+    session.add(Erasure(erased_at=erased_at, **counts))
+    session.flush()
+
+
+def leads_by_ids(session: Session, ids: set[str]) -> dict[str, Lead]:
+    return {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(ids)))}

@@ -1,0 +1,105 @@
+"""SQL of ``lead_timers``: the deadlines a lead has under a ruleset, and which of them are due."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from leadscore_api.storage.base import Base
+from leadscore_api.storage.delivery_models import LeadTimer
+
+_TIMERS: Table = Base.metadata.tables[LeadTimer.__tablename__]
+#: Rows per IN (...) list, far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+_UPDATE_TIMERS = (
+    update(_TIMERS)
+    .where(_TIMERS.c.id == bindparam("b_id"))
+    .values(due_at=bindparam("due_at"), detail=bindparam("detail"), fired_at=None)
+)
+_DELETE_TIMERS = delete(_TIMERS).where(_TIMERS.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_TIMERS = select(
+    _TIMERS.c.id,
+    _TIMERS.c.lead_id,
+    _TIMERS.c.ruleset_name,
+    _TIMERS.c.kind,
+    _TIMERS.c.due_at,
+).where(_TIMERS.c.lead_id.in_(bindparam("ids", expanding=True)))
+
+
+@dataclass
+class TimerPlan:
+    """The timers one lead should have under one ruleset after its rescore."""
+
+    lead_id: str
+    ruleset_name: str
+    wanted: dict[str, tuple[datetime, dict[str, Any]]]
+
+
+def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
+    """Make the leads' timers match their plans, for all leads of a request at once.
+
+    Planned timers are added, others of the same lead and ruleset removed, and a timer whose
+    time moved fires again; in one SELECT and at most three executemany statements for all the
+    leads of a request, because this runs in the scoring transaction of every ingest.
+    """
+    if not plans:
+        return
+    connection = session.connection()
+    latest = {(plan.lead_id, plan.ruleset_name): plan for plan in plans}
+    existing: dict[tuple[str, str], dict[str, tuple[int, datetime]]] = defaultdict(dict)
+    lead_ids = sorted({plan.lead_id for plan in plans})
+    for chunk in (lead_ids[i : i + _CHUNK] for i in range(0, len(lead_ids), _CHUNK)):
+        for row in connection.execute(_SELECT_TIMERS, {"ids": chunk}):
+            if (row.lead_id, row.ruleset_name) in latest:
+                existing[(row.lead_id, row.ruleset_name)][row.kind] = (row.id, row.due_at)
+    stale: list[int] = []
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for key, plan in latest.items():
+        have = existing.get(key, {})
+        stale.extend(timer_id for kind, (timer_id, _due) in have.items() if kind not in plan.wanted)
+        for kind, (due, detail) in plan.wanted.items():
+            found = have.get(kind)
+            if found is None:
+                inserts.append(
+                    {
+                        "lead_id": plan.lead_id,
+                        "ruleset_name": plan.ruleset_name,
+                        "kind": kind,
+                        "due_at": due,
+                        "detail": detail,
+                        "fired_at": None,
+                    }
+                )
+            elif found[1] != due:
+                updates.append({"b_id": found[0], "due_at": due, "detail": detail})
+    for start in range(0, len(stale), _CHUNK):
+        connection.execute(_DELETE_TIMERS, {"ids": stale[start : start + _CHUNK]})
+    if inserts:
+        connection.execute(insert(_TIMERS), inserts)
+    if updates:
+        connection.execute(_UPDATE_TIMERS, updates)
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> list[LeadTimer]:
+    """Unfired timers due at ``now``, oldest first; locked (skipping locked ones) on PostgreSQL."""
+    query = (
+        select(LeadTimer)
+        .where(LeadTimer.fired_at.is_(None), LeadTimer.due_at <= now)
+        .order_by(LeadTimer.due_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def delete_for_lead(session: Session, lead_id: str) -> None:
+    session.execute(delete(LeadTimer).where(LeadTimer.lead_id == lead_id))
