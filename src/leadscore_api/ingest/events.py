@@ -102,8 +102,3 @@ class CanonicalEvent(BaseModel):
     def known_type(self) -> bool:
         return self.type in KNOWN_EVENT_TYPES
 
-
-class EventBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    events: list[dict[str, Any]]

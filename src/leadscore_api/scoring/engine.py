@@ -155,12 +155,6 @@ class LeadState:
         self.n_events = 0
         self._crit: list[float] | None = None
 
-    @property
-    def last_key(self) -> tuple[float, str] | None:
-        if self.last_ts is None or self.last_id is None:
-            return None
-        return (self.last_ts, self.last_id)
-
     def event_count(self, spec: CountSpec, now: float) -> int:
         entries = self.counts[spec.index]
         if spec.distinct is not None:

@@ -279,7 +279,7 @@ def _apply_fresh(
     # A statement of its own, after the lock: joined into the locking SELECT, PostgreSQL
     # (READ COMMITTED) would return the scores of the snapshot taken *before* waiting for a
     # lock held by a concurrent writer, and the version check would then fail and retry
-    # (tried: the concurrency test caught it).
+    # (the two-replica concurrency test catches that).
     scores = leads_repo.load_scores(session, by_lead)
     pending = PendingWrites()
     transitions_by_event: dict[str | None, list[Transition]] = {}

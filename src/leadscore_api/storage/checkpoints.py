@@ -2,8 +2,8 @@
 
 In WAL mode a commit appends pages to the ``-wal`` file; a *checkpoint* copies them back into
 the database file and syncs it. By default SQLite runs one inside whichever commit pushes the
-log past 1,000 pages, so that one request pays for everybody's writes: measured on a batch of
-100 events, the commit took 25 ms on average with automatic checkpoints and 7 ms without.
+log past 1,000 pages, so that one request pays for everybody's writes (several times the
+cost of its own commit; figures in ``docs/performance.md``).
 
 While the service runs, a thread of its own checkpoints every ``interval`` seconds instead
 (``PASSIVE``: it never blocks writers or readers, and the sqlite3 module releases the GIL
