@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
@@ -22,9 +21,18 @@ class NotReady(Unavailable):
     title = "Not ready"
 
 
-@router.get("/healthz", summary="The process is up")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    rulesets: dict[str, int]
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+async def healthz() -> Health:
+    return Health(status="ok")
 
 
 def _database_ok(request: Request) -> str | None:
@@ -38,10 +46,11 @@ def _database_ok(request: Request) -> str | None:
 
 @router.get(
     "/readyz",
+    response_model=Readiness,
     summary="The database answers and the rulesets are loaded",
     responses=problem_responses(503),
 )
-async def readyz(request: Request) -> dict[str, Any]:
+async def readyz(request: Request) -> Readiness:
     registry = getattr(request.app.state, "registry", None)
     problems: list[str] = []
     if registry is None or not registry.rulesets:
@@ -53,10 +62,8 @@ async def readyz(request: Request) -> dict[str, Any]:
         problems.append("still starting")
     if problems or registry is None:
         raise NotReady("; ".join(problems))
-    return {
-        "status": "ready",
-        "rulesets": {name: loaded.version for name, loaded in registry.rulesets.items()},
-    }
+    versions = {name: loaded.version for name, loaded in registry.rulesets.items()}
+    return Readiness(status="ready", rulesets=versions)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -119,6 +119,31 @@ class HistoryPage(BaseModel):
     next_cursor: str | None
 
 
+class ExplainOut(BaseModel):
+    """A lead re-evaluated now; ``explanation`` names each component's rules and their points."""
+
+    lead_id: str
+    ruleset: RulesetRef
+    as_of: str = Field(description="The moment of the evaluation (RFC 3339).")
+    letter: str | None
+    score: int
+    score_exact: float = Field(description="Before rounding, decay included.")
+    tier: str | None
+    stage: str
+    stages_reached: dict[str, str] = Field(description="When each stage was first reached.")
+    components: dict[str, float]
+    next_action: str | None
+    next_action_due: str | None
+    owner: str | None
+    sla: list[dict[str, Any]]
+    requalify_due: str | None
+    attributes: dict[str, Any]
+    explanation: dict[str, Any]
+    models: dict[str, dict[str, Any]] = Field(
+        description="The same under the other active rulesets, by ruleset name."
+    )
+
+
 class AttributesUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -200,17 +225,15 @@ def get_history(
 
 @router.get(
     "/v1/leads/{lead_id}/explain",
+    response_model=ExplainOut,
     summary="The current score broken down by component and rule",
     responses=problem_responses(401, 403, 404),
 )
 def get_explain(
     _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, lead_id: LeadId
-) -> dict[str, Any]:
-    """Re-evaluated as of now (decay applied up to this moment), under every active ruleset.
-
-    Its shape follows the rule file (components and rules are named there), so it is left open.
-    """
-    return service.explain(session, registry, lead_id)
+) -> ExplainOut:
+    """Re-evaluated as of now (decay applied up to this moment), under every active ruleset."""
+    return ExplainOut.model_validate(service.explain(session, registry, lead_id))
 
 
 @router.patch(
