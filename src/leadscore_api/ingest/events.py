@@ -101,4 +101,3 @@ class CanonicalEvent(BaseModel):
     @property
     def known_type(self) -> bool:
         return self.type in KNOWN_EVENT_TYPES
-
