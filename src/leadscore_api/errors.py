@@ -2,8 +2,8 @@
 
 Each subclass says once which HTTP status, problem type and title it answers with, so the HTTP
 layer renders any of them as ``application/problem+json`` (RFC 9457) in one handler, and no
-route translates exceptions by hand. The module is plain Python on purpose: the scoring core and
-the platform adapters raise these errors too, and they must not depend on the web framework.
+route translates exceptions by hand. The module is plain Python on purpose: the platform
+adapters raise these errors too, and they must not depend on the web framework.
 
 Problem types are ``urn:leadscore:problem:<type>``; the list is in ``docs/errors.md``.
 """

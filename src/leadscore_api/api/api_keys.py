@@ -58,7 +58,7 @@ class ApiKeyList(BaseModel):
     status_code=201,
     response_model=ApiKeyCreated,
     summary="Create an API key",
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 422, 503),
 )
 def create_api_key(
     _principal: KeysAdmin, session_factory: SessionFactoryDep, body: ApiKeyCreate
@@ -81,7 +81,7 @@ def list_api_keys(_principal: KeysAdmin, session: ReadSessionDep) -> ApiKeyList:
     "/v1/api-keys/{key_id}",
     status_code=204,
     summary="Revoke an API key",
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 503),
 )
 def revoke_api_key(
     _principal: KeysAdmin,

@@ -22,7 +22,7 @@ MessageStatus = Literal["pending", "delivered", "failed"]
 
 router = APIRouter(
     dependencies=[Depends(RequireScope("webhooks:admin"))],
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 422, 503),
     tags=["webhooks"],
 )
 MsgId = Annotated[str, Path(max_length=40)]

@@ -95,7 +95,7 @@ _BODY_SCHEMA = {
     response_model=EventsOut,
     summary="Ingest one event or a batch",
     openapi_extra={"requestBody": _BODY_SCHEMA},
-    responses=problem_responses(400, 401, 403, 413, 422),
+    responses=problem_responses(400, 401, 403, 413, 422, 503),
 )
 async def post_events(
     _principal: EventsWriter,

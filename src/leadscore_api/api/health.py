@@ -5,13 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from leadscore_api.api.deps import MetricsDep
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.errors import Unavailable
+from leadscore_api.storage.db import database_problem
 
 router = APIRouter(tags=["health"])
 
@@ -36,12 +35,7 @@ async def healthz() -> Health:
 
 
 def _database_ok(request: Request) -> str | None:
-    try:
-        with request.app.state.read_session_factory() as session:
-            session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        return f"database unreachable: {type(exc).__name__}"
-    return None
+    return database_problem(request.app.state.read_session_factory)
 
 
 @router.get(

@@ -240,7 +240,7 @@ def get_explain(
     "/v1/leads/{lead_id}",
     response_model=LeadOut,
     summary="Update a lead's attributes (re-scores)",
-    responses=problem_responses(401, 403, 404, 413, 422),
+    responses=problem_responses(401, 403, 404, 413, 422, 503),
 )
 def patch_lead(
     _principal: LeadsWriter,
@@ -259,7 +259,7 @@ def patch_lead(
     "/v1/leads/{lead_id}/merge",
     response_model=LeadOut,
     summary="Merge another lead into this one",
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 def merge_lead(
     _principal: LeadsWriter,
@@ -276,7 +276,7 @@ def merge_lead(
     "/v1/leads/{lead_id}",
     status_code=204,
     summary="Erase a lead (GDPR)",
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, 503),
 )
 def delete_lead(
     _principal: LeadsWriter, session_factory: SessionFactoryDep, lead_id: LeadId

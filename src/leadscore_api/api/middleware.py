@@ -71,7 +71,10 @@ class BodyLimitMiddleware:
 
 async def _send_problem(send: Send, scope: Scope, error: LeadscoreError) -> None:
     """Answer before the app runs (no exception handler there), in the app's problem shape."""
-    body = json.dumps(problem_body(error, scope.get("path"))).encode()
+    # Serialised as JSONResponse does, so these bodies look like every other problem.
+    body = json.dumps(
+        problem_body(error, scope.get("path")), ensure_ascii=False, separators=(",", ":")
+    ).encode()
     await send(
         {
             "type": "http.response.start",

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore_api.errors import (
     InvalidInput,
+    InvalidJson,
     LeadscoreError,
     MethodNotAllowed,
     NotFound,
@@ -106,7 +107,10 @@ class _FrameworkError(LeadscoreError):
 
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return problem_response(request, InvalidInput.fields(describe_validation(exc.errors())))
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return problem_response(request, InvalidJson("the request body is not valid JSON"))
+    return problem_response(request, InvalidInput.fields(describe_validation(errors)))
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:

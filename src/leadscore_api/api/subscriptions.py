@@ -36,7 +36,7 @@ Letter = Literal["A", "B", "C", "D"]
 
 router = APIRouter(
     dependencies=[Depends(RequireScope("webhooks:admin"))],
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 422, 503),
     tags=["webhooks"],
 )
 SubId = Annotated[str, Path(max_length=40)]

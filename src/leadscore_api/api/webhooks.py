@@ -52,7 +52,7 @@ def _answer(item: EventResult | Ignored) -> EventResultOut:
     "/v1/webhooks/{source}",
     response_model=WebhookResults,
     summary="Receive a platform's webhook (SendGrid, Mailgun, Mailchimp, Mandrill, ...)",
-    responses=problem_responses(400, 401, 403, 404, 413),
+    responses=problem_responses(400, 401, 403, 404, 413, 503),
 )
 async def receive_webhook(
     source: str,

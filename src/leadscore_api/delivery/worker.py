@@ -52,6 +52,7 @@ from leadscore_api.storage.delivery_models import (
 from leadscore_api.storage.ids import new_id
 from leadscore_api.storage.repositories import outbox
 from leadscore_api.storage.repositories import subscriptions as subscriptions_repo
+from leadscore_api.storage.unit_of_work import in_transaction
 
 log = logging.getLogger("leadscore.delivery")
 
@@ -188,7 +189,8 @@ class DeliveryWorker:
         """Lease up to ``limit`` due messages to this worker (one short transaction)."""
         limit = limit or self.options.batch_size
         token = new_id("clm")
-        with self.session_factory() as session, session.begin():
+
+        def work(session: Session) -> list[Claimed]:
             now = utcnow()
             lease_seconds = self.options.timeout_seconds + self.options.lease_margin_seconds
             leased = outbox.claim_due(
@@ -209,6 +211,8 @@ class DeliveryWorker:
                 )
                 for message_id, payload, sub in leased
             ]
+
+        return in_transaction(self.session_factory, work)
 
     # -- send --------------------------------------------------------------------------------
 
@@ -305,7 +309,8 @@ class DeliveryWorker:
         """Store the attempts and move each message on (one transaction for the batch)."""
         if not results:
             return
-        with self.session_factory() as session, session.begin():
+
+        def work(session: Session) -> None:
             now = utcnow()
             messages = outbox.by_ids(session, [r.claimed.message_id for r in results])
             subscriptions = subscriptions_repo.by_ids(
@@ -336,6 +341,8 @@ class DeliveryWorker:
                     continue
                 self._apply(message, subscriptions.get(claimed.subscription_id), result, now)
             session.flush()
+
+        in_transaction(self.session_factory, work)
 
     def _apply(
         self,

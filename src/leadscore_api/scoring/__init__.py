@@ -1,7 +1,8 @@
 """The pure scoring core: rule models, loader, engine, explanations.
 
-Nothing here imports FastAPI, SQLAlchemy or a network library: the core runs with Python and
-PyYAML alone, so rule authors, tests and backtests use exactly the code the service runs.
+Nothing here imports FastAPI, SQLAlchemy, a network library or the settings (an import-linter
+contract checks it): the core runs with Python, pydantic and PyYAML alone, so rule authors,
+tests and backtests use exactly the code the service runs.
 """
 
 from leadscore_api.scoring.engine import (

@@ -24,6 +24,7 @@ from leadscore_api.storage.models import Lead
 from leadscore_api.storage.repositories import leads as leads_repo
 from leadscore_api.storage.repositories import timers as timers_repo
 from leadscore_api.storage.repositories.timers import TimerPlan
+from leadscore_api.storage.unit_of_work import in_transaction
 
 REQUALIFY = "requalify"
 SLA_PREFIX = "sla:"
@@ -96,24 +97,29 @@ def tick(session_factory: sessionmaker[Session], now: datetime) -> int:
     """Fire every timer due at ``now``; return how many outbox messages that queued."""
     queued = 0
     while True:
-        with session_factory() as session, session.begin():
-            timers = timers_repo.claim_due(session, now, TICK_BATCH)
-            if not timers:
-                return queued
-            leads = leads_repo.leads_by_ids(session, {t.lead_id for t in timers})
-            for timer in timers:
-                timer.fired_at = now
-                lead = leads.get(timer.lead_id)
-                if lead is None:
-                    continue
-                queued += enqueue_transitions(
-                    session,
-                    lead=lead_view(lead),
-                    transitions=[_transition(timer, lead)],
-                    event_id=None,
-                    ruleset_name=timer.ruleset_name,
-                    ruleset_version=lead.ruleset_version or 0,
-                    explanation={"timer": timer.kind, **timer.detail},
-                )
-        if len(timers) < TICK_BATCH:
+        fired, count = in_transaction(session_factory, lambda session: _fire_due(session, now))
+        queued += count
+        if fired < TICK_BATCH:
             return queued
+
+
+def _fire_due(session: Session, now: datetime) -> tuple[int, int]:
+    """Fire one batch of due timers: (timers fired, messages queued)."""
+    timers = timers_repo.claim_due(session, now, TICK_BATCH)
+    leads = leads_repo.leads_by_ids(session, {t.lead_id for t in timers})
+    queued = 0
+    for timer in timers:
+        timer.fired_at = now
+        lead = leads.get(timer.lead_id)
+        if lead is None:
+            continue
+        queued += enqueue_transitions(
+            session,
+            lead=lead_view(lead),
+            transitions=[_transition(timer, lead)],
+            event_id=None,
+            ruleset_name=timer.ruleset_name,
+            ruleset_version=lead.ruleset_version or 0,
+            explanation={"timer": timer.kind, **timer.detail},
+        )
+    return len(timers), queued

@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api import json_codec
@@ -123,3 +124,13 @@ def make_session_factory(engine: Engine, *, read_only: bool = False) -> sessionm
     """
     bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
     return sessionmaker(bind=bind, expire_on_commit=False)
+
+
+def database_problem(session_factory: sessionmaker[Session]) -> str | None:
+    """Why the database cannot be used now, or None when it answers (for ``/readyz``)."""
+    try:
+        with session_factory() as session:
+            session.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"database unreachable: {type(exc).__name__}"
+    return None
