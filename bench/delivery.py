@@ -33,14 +33,14 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.config import Settings
-from leadscore_api.storage.delivery_models import Subscription
-from leadscore_api.storage.ids import new_id
-from leadscore_api.service.delivery import enqueue_transitions
 from leadscore_api.delivery.signer import generate_secret
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.scoring import Transition
+from leadscore_api.service.delivery import enqueue_transitions
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.db import make_engine, make_session_factory
+from leadscore_api.storage.delivery_models import Subscription
+from leadscore_api.storage.ids import new_id
 from leadscore_api.storage.migrate import upgrade_database
 
 ENQUEUE_CHUNK = 500
@@ -256,7 +256,7 @@ def main() -> None:
     engine = make_engine(url)
     factory = make_session_factory(engine)
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=url,
         webhook_allow_private_targets=True,
     )

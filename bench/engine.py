@@ -18,7 +18,8 @@ from pathlib import Path
 
 from leadscore_api.scoring import ScoringEvent, load_rules_dir
 
-MIX = [
+#: (event type, weight, properties; a None value is filled in per event)
+MIX: list[tuple[str, int, dict[str, object]]] = [
     ("email.delivered", 25, {}),
     ("email.opened", 22, {"message_id": None}),
     ("page.viewed", 25, {"url": None}),
@@ -53,7 +54,7 @@ def make_events(n_events: int, n_leads: int, seed: int = 7) -> list[list[Scoring
             properties["url"] = rng.choice(URLS)
         if "message_id" in properties:
             properties["message_id"] = f"m{rng.randrange(40)}"
-        attributes = {}
+        attributes: dict[str, object] = {}
         if kind == "form.submitted":
             attributes = {
                 "role": rng.choice(ROLES),

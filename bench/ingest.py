@@ -227,8 +227,28 @@ async def _load(
     return sent * batch, elapsed, latencies, errors
 
 
-def run_load(label: str, base: str, factory: EventFactory, **kwargs: Any) -> Figures:
-    events, elapsed, latencies, errors = asyncio.run(_load(base, factory, **kwargs))
+def run_load(
+    label: str,
+    base: str,
+    factory: EventFactory,
+    *,
+    batch: int,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    rate: float | None = None,
+) -> Figures:
+    events, elapsed, latencies, errors = asyncio.run(
+        _load(
+            base,
+            factory,
+            batch=batch,
+            concurrency=concurrency,
+            seconds=seconds,
+            max_requests=max_requests,
+            rate=rate,
+        )
+    )
     return Figures(label, events, elapsed, latencies, errors)
 
 

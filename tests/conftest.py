@@ -12,8 +12,9 @@ Fixtures other suites rely on: ``database_url``, ``settings``, ``app``, ``client
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 from fastapi import FastAPI
@@ -62,9 +63,11 @@ def pg_url() -> str:
     return PG_URL
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
+def make_settings(database_url: str, **overrides: Any) -> Settings:
     """Settings for tests: nothing read from the environment or a ``.env`` file."""
-    values: dict[str, object] = {
+    # Any, as in ``load_settings``: each value is whatever Settings accepts for that field, and
+    # pydantic checks it.
+    values: dict[str, Any] = {
         "database_url": database_url,
         "rules_dir": BUNDLED_RULES_DIR,
         "admin_api_key": TEST_ADMIN_KEY,
@@ -72,7 +75,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "run_worker": False,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -117,8 +120,14 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+class MakeApiKey(Protocol):
+    """The ``make_api_key`` fixture: scopes in, a new secret key out."""
+
+    def __call__(self, *scopes: str, name: str = ...) -> str: ...
+
+
 @pytest.fixture
-def make_api_key(client: TestClient) -> Callable[..., str]:
+def make_api_key(client: TestClient) -> MakeApiKey:
     """``make_api_key("leads:read", ..., name="x")`` → a new secret key with exactly those scopes."""
 
     def _make(*scopes: str, name: str = "test key") -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from tests.conftest import MakeApiKey
 
 from leadscore_api.storage.models import ApiKey
 
@@ -48,7 +47,7 @@ def test_missing_or_wrong_credentials_are_401(anon_client: TestClient) -> None:
 
 
 def test_each_scope_opens_exactly_its_routes(
-    anon_client: TestClient, make_api_key: Callable[..., str]
+    anon_client: TestClient, make_api_key: MakeApiKey
 ) -> None:
     scopes = sorted({scope for *_, scope in ROUTES})
     keys = {scope: make_api_key(scope, name=scope) for scope in scopes}
@@ -87,7 +86,7 @@ def test_key_lifecycle(
 
 
 def test_key_with_a_tampered_secret_is_refused(
-    anon_client: TestClient, make_api_key: Callable[..., str]
+    anon_client: TestClient, make_api_key: MakeApiKey
 ) -> None:
     key = make_api_key("leads:read")
     tampered = key[:-2] + ("AA" if not key.endswith("AA") else "BB")
@@ -110,7 +109,7 @@ def test_bad_key_requests(client: TestClient) -> None:
 
 
 def test_events_key_can_post_but_not_read(
-    anon_client: TestClient, make_api_key: Callable[..., str]
+    anon_client: TestClient, make_api_key: MakeApiKey
 ) -> None:
     key = make_api_key("events:write")
     response = anon_client.post("/v1/events", json=event(), headers=auth(key))

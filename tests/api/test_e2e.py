@@ -43,36 +43,37 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, dict[
     url = None if database_url.startswith("sqlite") else database_url
     env = _env(url)
     port = _free_port()
-    process = subprocess.Popen(
+    base = f"http://127.0.0.1:{port}"
+    # The with block closes the output pipe (left open, it is a ResourceWarning).
+    with subprocess.Popen(
         [LEADSCORE, "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise AssertionError(f"leadscore serve exited early:\n{output}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("leadscore serve did not become ready")
-            time.sleep(0.1)
-        yield base, tmp_path, env
-    finally:
-        process.terminate()
+    ) as process:
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            deadline = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    output = process.stdout.read().decode() if process.stdout else ""
+                    raise AssertionError(f"leadscore serve exited early:\n{output}")
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError("leadscore serve did not become ready")
+                time.sleep(0.1)
+            yield base, tmp_path, env
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def test_serve_end_to_end(served: tuple[str, Path, dict[str, str]], database_url: str) -> None:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+import httpx2
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests.conftest import TEST_ADMIN_KEY, make_settings
 
-from conftest import TEST_ADMIN_KEY, make_settings
 from leadscore_api.app import create_app
 from leadscore_api.config import Settings
 
 from .helpers import event
 
 
-def assert_problem(response: object, status: int) -> dict[str, object]:
+def assert_problem(response: httpx2.Response, status: int) -> dict[str, object]:
     assert response.status_code == status, response.text
     headers = response.headers
     assert headers["content-type"].startswith("application/problem+json")
@@ -100,7 +101,7 @@ def test_health_and_readiness(client: TestClient, anon_client: TestClient) -> No
     assert set(ready.json()["rulesets"]) == {"pmi-letter-score", "bant"}
 
 
-def test_readiness_fails_without_a_database(tmp_path: object) -> None:
+def test_readiness_fails_without_a_database() -> None:
     settings = make_settings("postgresql+psycopg://nobody@127.0.0.1:1/none")
     app = create_app(settings)  # lifespan not started: the database is unreachable
     response = TestClient(app).get("/readyz")

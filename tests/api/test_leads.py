@@ -118,8 +118,8 @@ def test_bad_cursors_and_bad_query_values(client: TestClient) -> None:
 def test_history_pagination(client: TestClient) -> None:
     lead_id = ingest(client, *qualified_stream("h@x.it"))[0]["lead_id"]
     everything = client.get(f"/v1/leads/{lead_id}/history?limit=500").json()["items"]
-    seen = []
-    cursor = None
+    seen: list[str] = []
+    cursor: str | None = None
     while True:
         url = f"/v1/leads/{lead_id}/history?limit=2" + (f"&cursor={cursor}" if cursor else "")
         body = client.get(url).json()

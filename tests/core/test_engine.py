@@ -3,11 +3,18 @@ matrix, workflows, SLAs, routing, transitions, out-of-order arrival."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
-from leadscore_api.scoring import LeadState, OutOfOrderEvent, transitions_between
+from leadscore_api.scoring import (
+    LeadState,
+    LoadedRuleset,
+    OutOfOrderEvent,
+    ScoreResult,
+    ScoringEvent,
+    transitions_between,
+)
 
 from .helpers import T0, attrs, event, ruleset
 
@@ -46,11 +53,11 @@ matrix:
 """
 
 
-def model(extra: str = "") -> object:
+def model(extra: str = "") -> LoadedRuleset:
     return ruleset(BASE.replace("ACTION_EXTRA", extra))
 
 
-def score(extra: str, events: list, at=T0):  # type: ignore[no-untyped-def]
+def score(extra: str, events: list[ScoringEvent], at: datetime = T0) -> ScoreResult:
     loaded = ruleset(BASE.replace("ACTION_EXTRA", extra))
     return loaded.scorer.replay(events, at)[1]
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leadscore_api.scoring import LeadState, OutOfOrderEvent, ScoringEvent, load_rules_dir
+from leadscore_api.scoring import (
+    LeadState,
+    OutOfOrderEvent,
+    Scorer,
+    ScoreResult,
+    ScoringEvent,
+    load_rules_dir,
+)
 
 from .helpers import T0
 
@@ -53,8 +60,18 @@ attributes = st.fixed_dictionaries(
     },
 )
 
+#: A generated event: type, minutes before T0, page URL, message id, attributes.
+RawEvent = tuple[str, int, str, str, dict[str, object]]
+
+
+def raw_event(
+    kind: str, minutes: int, url: str, message: str, attrs: dict[str, object]
+) -> RawEvent:
+    return (kind, minutes, url, message, attrs)
+
+
 event_strategy = st.builds(
-    lambda kind, minutes, url, message, attrs: (kind, minutes, url, message, attrs),
+    raw_event,
     st.sampled_from(TYPES),
     st.integers(0, 60 * 24 * 60),  # within 60 days
     st.sampled_from(["/pricing", "/prezzi", "/blog", "/prodotti/erp"]),
@@ -63,7 +80,7 @@ event_strategy = st.builds(
 )
 
 
-def build(raw: list[tuple[str, int, str, str, dict[str, object]]]) -> list[ScoringEvent]:
+def build(raw: list[RawEvent]) -> list[ScoringEvent]:
     return [
         ScoringEvent(
             f"e{i}",
@@ -76,7 +93,7 @@ def build(raw: list[tuple[str, int, str, str, dict[str, object]]]) -> list[Scori
     ]
 
 
-def as_service_would(scorer, events: list[ScoringEvent]):  # type: ignore[no-untyped-def]
+def as_service_would(scorer: Scorer, events: list[ScoringEvent]) -> ScoreResult:
     """Events arrive in the given order; the state goes through JSON between events (it is
     stored in SQL), and an out-of-order event makes the service replay what it has."""
     seen: list[ScoringEvent] = []
@@ -101,8 +118,8 @@ common = settings(max_examples=60, deadline=None, suppress_health_check=[HealthC
 @common
 @given(st.lists(event_strategy, min_size=1, max_size=25), st.randoms(use_true_random=False))
 def test_arrival_order_and_incremental_path_do_not_change_the_result(
-    raw, rnd: random.Random
-) -> None:  # type: ignore[no-untyped-def]
+    raw: list[RawEvent], rnd: random.Random
+) -> None:
     events = build(raw)
     for scorer in SCORERS:
         _, expected = scorer.replay(events, T0)
@@ -119,7 +136,7 @@ def test_arrival_order_and_incremental_path_do_not_change_the_result(
     st.lists(event_strategy, min_size=1, max_size=25),
     st.lists(st.integers(1, 400 * 24), min_size=1, max_size=6),
 )
-def test_decay_never_raises_a_score_over_time(raw, hours) -> None:  # type: ignore[no-untyped-def]
+def test_decay_never_raises_a_score_over_time(raw: list[RawEvent], hours: list[int]) -> None:
     events = build(raw)
     for scorer in SCORERS:
         state, _ = scorer.replay(events, T0)

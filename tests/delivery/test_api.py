@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx2
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
+from tests.conftest import MakeApiKey
 from tests.receiver import Receiver, Reply
 
 from leadscore_api.app import create_app
@@ -20,7 +21,7 @@ from leadscore_api.storage.migrate import upgrade_database
 from .conftest import auth, drive, make_worker, qualified_stream
 
 
-def _create(client: TestClient, url: str, **body: Any) -> dict[str, Any]:
+def _create(client: TestClient, url: str, **body: object) -> dict[str, Any]:
     payload = {"url": url, "event_types": ["lead.mql", "lead.sql"], **body}
     response = client.post("/v1/subscriptions", json=payload)
     assert response.status_code == 201, response.text
@@ -28,7 +29,7 @@ def _create(client: TestClient, url: str, **body: Any) -> dict[str, Any]:
     return created
 
 
-def _problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+def _problem(response: httpx2.Response, status: int, field: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = response.json()
@@ -127,7 +128,7 @@ def test_private_targets_refused_when_not_allowed(settings: Settings) -> None:
 
 
 def test_scope_is_required(
-    client: TestClient, anon_client: TestClient, make_api_key: Callable[..., str]
+    client: TestClient, anon_client: TestClient, make_api_key: MakeApiKey
 ) -> None:
     _problem(anon_client.get("/v1/subscriptions"), 401)
     reader = make_api_key("leads:read")

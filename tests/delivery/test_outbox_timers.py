@@ -120,7 +120,7 @@ def test_timers_fire_once_and_follow_rescoring(db: sessionmaker[Session]) -> Non
     lead_id = _lead(db)
     now = utcnow()
     past, future = now - timedelta(minutes=5), now + timedelta(hours=4)
-    sla = [
+    sla: list[dict[str, str | None]] = [
         {"id": "first_contact", "stage": "mql", "due": past.isoformat(), "met_at": None},
         {"id": "confirm", "stage": "mql", "due": future.isoformat(), "met_at": None},
         {"id": "met", "stage": "mql", "due": past.isoformat(), "met_at": past.isoformat()},

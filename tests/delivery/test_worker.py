@@ -7,12 +7,14 @@ import json
 import threading
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks.webhooks import Webhook
 from tests.receiver import Receiver, Reply
 
 from leadscore_api.delivery.signer import generate_secret
+from leadscore_api.delivery.worker import Claimed, DeliveryWorker
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.delivery_models import DeliveryAttempt, OutboxMessage, Subscription
 
@@ -239,7 +241,7 @@ def test_pending_rows_wait_for_their_time(db: sessionmaker[Session], receiver: R
 
 
 def test_two_workers_on_postgres_send_each_message_exactly_once(
-    pg_url: str, receiver: Receiver
+    pg_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two workers with their own engines, concurrently: disjoint claims, one send each."""
     from leadscore_api.storage.db import make_engine, make_session_factory
@@ -255,17 +257,21 @@ def test_two_workers_on_postgres_send_each_message_exactly_once(
         workers = [make_worker(f, batch_size=20, concurrency=8) for f in factories]
         claimed: list[list[str]] = [[], []]
 
-        def run(index: int) -> None:
-            worker = workers[index]
+        def record_claims(worker: DeliveryWorker, seen: list[str]) -> None:
             original = worker.claim
 
-            def recording_claim(limit: int | None = None) -> list:  # type: ignore[type-arg]
+            def recording_claim(limit: int | None = None) -> list[Claimed]:
                 batch = original(limit)
-                claimed[index].extend(c.message_id for c in batch)
+                seen.extend(c.message_id for c in batch)
                 return batch
 
-            worker.claim = recording_claim  # type: ignore[method-assign]
-            drive(worker, lambda: len(receiver.delivered()) >= len(ids), timeout=60)
+            monkeypatch.setattr(worker, "claim", recording_claim)
+
+        for worker, seen in zip(workers, claimed, strict=True):
+            record_claims(worker, seen)
+
+        def run(index: int) -> None:
+            drive(workers[index], lambda: len(receiver.delivered()) >= len(ids), timeout=60)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
         for t in threads:

@@ -51,6 +51,14 @@ def lead(client: TestClient, email: str) -> dict[str, Any] | None:
     return items[0] if items else None
 
 
+def score_of(client: TestClient, email: str) -> int:
+    """The score of the lead with this email, which must exist."""
+    found = lead(client, email)
+    assert found is not None, email
+    score: int = found["score"]
+    return score
+
+
 def seed_fit(client: TestClient, email: str) -> int:
     """Give a lead a full B2B fit (50 points), so behaviour points count; returns its score."""
     response = client.post(
@@ -70,7 +78,4 @@ def seed_fit(client: TestClient, email: str) -> int:
     )
     assert response.status_code == 200, response.text
     assert response.json()["results"][0]["status"] == "accepted", response.text
-    found = lead(client, email)
-    assert found is not None
-    score: int = found["score"]
-    return score
+    return score_of(client, email)
