@@ -13,16 +13,25 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from leadscore_api.scoring.durations import DURATION_HELP, parse_duration
+from leadscore_api.scoring.durations import (
+    DURATION_HELP,
+    HOLIDAY_DAY_HELP,
+    check_holiday_day,
+    holiday_country,
+    holiday_subdivision,
+    parse_duration,
+)
 
 OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "between", "matches", "exists")
 Scalar = str | int | float | bool
@@ -164,7 +173,15 @@ class EventCondition(Strict):
     within: DurationText | None = None
     distinct: str | None = None
 
-    _v_within = field_validator("within")(_check_duration)
+    @field_validator("within")
+    @classmethod
+    def _calendar_within(cls, value: str | int | None) -> str | int | None:
+        if value is None:
+            return value
+        _check_duration(value)
+        if parse_duration(value).business:
+            raise ValueError("a counting window is in calendar time: use m, h, d or w")
+        return value
 
     @field_validator("where", mode="before")
     @classmethod
@@ -368,9 +385,50 @@ def _office_week() -> list[Weekday]:
     return ["mon", "tue", "wed", "thu", "fri"]
 
 
+class Holidays(Strict):
+    """Days off besides the weekly ones: a country's public holidays (Italian national ones by
+    default), optionally a subdivision's (a province's patron saint), plus days of your own."""
+
+    country: str | None = Field(
+        default="IT",
+        description="ISO 3166-1 code of the country whose public holidays are days off "
+        "(from the holidays library); null or none for no public holidays.",
+        examples=["IT", None],
+    )
+    subdivision: str | None = Field(
+        default=None,
+        description="A subdivision of the country known to the holidays library, by code or "
+        "name: its own holidays are days off too (e.g. MI: Sant'Ambrogio, 7 December).",
+        examples=["MI", "RM"],
+    )
+    extra: list[Annotated[str, AfterValidator(check_holiday_day)]] = Field(
+        default_factory=list,
+        description=f"More days off, each {HOLIDAY_DAY_HELP}.",
+        examples=[["12-07", "2026-12-24"]],
+    )
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        return holiday_country(value)
+
+    @field_validator("subdivision")
+    @classmethod
+    def _subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or "country" not in info.data:  # a bad country is reported already
+            return value
+        country = info.data["country"]
+        if country is None:
+            raise ValueError("a subdivision needs a country (country is null)")
+        return holiday_subdivision(country, value)
+
+
 class Calendar(Strict):
+    """Working time for ``bh``/``bd`` durations: weekly working days and hours, minus holidays."""
+
     working_days: list[Weekday] = Field(default_factory=_office_week, min_length=1)
     working_hours: tuple[str, str] = ("09:00", "18:00")
+    holidays: Holidays = Field(default_factory=Holidays)
 
     @field_validator("working_hours")
     @classmethod
