@@ -10,6 +10,7 @@ from leadscore_api.api import (
     events,
     health,
     leads,
+    reps,
     rulesets,
     subscriptions,
     webhooks,
@@ -24,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     webhooks.router,
     subscriptions.router,
     deliveries.router,
+    reps.router,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from leadscore_api.cli.reps import reps
 from leadscore_api.cli.rules import rules
 from leadscore_api.cli.serve import apikey, serve
 from leadscore_api.cli.worker import worker
@@ -19,3 +20,4 @@ main.add_command(rules)
 main.add_command(serve)
 main.add_command(apikey)
 main.add_command(worker)
+main.add_command(reps)

@@ -30,6 +30,7 @@ SCOPES: tuple[str, ...] = (
     "rules:admin",
     "webhooks:admin",
     "keys:admin",
+    "reps:admin",
 )
 KEY_PREFIX = "lsk"
 ADMIN_KEY_ID = "admin"
