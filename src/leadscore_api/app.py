@@ -31,8 +31,9 @@ from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service.freshness import time_tick
+from leadscore_api.service.reps import directory_file_for, sync_directory
 from leadscore_api.service.rulesets import RulesetRegistry, record_rulesets
-from leadscore_api.service.timers import tick
 from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.unit_of_work import in_transaction
@@ -48,14 +49,18 @@ transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 
 @asynccontextmanager
 async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery worker and the timer loop, inside ``leadscore serve`` (``RUN_WORKER``)."""
+    """The delivery worker and the timer loop (fresh scores, SLA and re-qualification timers),
+    inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
     settings: Settings = app.state.settings
     if not settings.run_worker:
         yield
         return
     metrics: Metrics = app.state.metrics
     async with running_workers(
-        app.state.session_factory, settings, timer_tick=tick, registry=metrics.registry
+        app.state.session_factory,
+        settings,
+        timer_tick=time_tick(app.state.registry),
+        registry=metrics.registry,
     ):
         yield
 
@@ -81,6 +86,9 @@ def create_app(
         await run_in_threadpool(
             in_transaction, session_factory, lambda session: record_rulesets(session, registry)
         )
+        directory = directory_file_for(settings)
+        if directory is not None:
+            await run_in_threadpool(sync_directory, session_factory, directory)
         async with AsyncExitStack() as stack:
             for hook in hooks:
                 await stack.enter_async_context(hook(app))

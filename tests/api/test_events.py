@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -10,12 +11,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from leadscore_api.config import Settings
 from leadscore_api.storage.models import Event, Outcome
 
 from .helpers import BIG_MANUFACTURER, event, qualified_stream
 
 
-def post(client: TestClient, body: Any) -> list[dict[str, Any]]:
+def post(client: TestClient, body: object) -> list[dict[str, Any]]:
     response = client.post("/v1/events", json=body)
     assert response.status_code == 200, response.text
     results: list[dict[str, Any]] = response.json()["results"]
@@ -92,7 +94,7 @@ def test_batch_answers_in_input_order_and_rejects_only_the_bad_event(client: Tes
 
 
 def test_batch_items_with_wrong_types_are_rejected_naming_the_field(client: TestClient) -> None:
-    items: list[Any] = [
+    items: list[object] = [
         "not an object",
         {**event(), "occurred_at": "yesterday"},
         {**event(), "occurred_at": "2026-01-01T10:00:00"},
@@ -194,10 +196,19 @@ def test_history_records_each_change_with_ruleset_and_explanation(client: TestCl
     assert response.status_code == 200
     items = response.json()["items"]
     primary = [i for i in items if i["ruleset"]["name"] == "pmi-letter-score"]
-    # a batch is one change per lead, naming its latest event and listing all of them
-    assert primary[0]["event_id"] == stream[-2]["id"]
-    assert primary[0]["event_ids"] == [e["id"] for e in stream[:-1]]
-    assert primary[0]["previous"] is None
+    # a batch gives one row per visible change, each naming the event that made it and
+    # listing the events folded in since the row before (each event once, in order)
+    batch_ids = [e["id"] for e in stream[:-1]]
+    batch_rows = [i for i in primary if i["event_id"] in batch_ids]
+    assert len(batch_rows) > 1
+    assert batch_rows[0]["previous"] is None
+    folded = [event_id for row in batch_rows for event_id in row["event_ids"]]
+    assert folded == batch_ids[: len(folded)]
+    for row in batch_rows:
+        assert row["event_id"] == row["event_ids"][-1]
+        event = next(e for e in stream if e["id"] == row["event_id"])
+        changed = datetime.fromisoformat(row["changed_at"].replace("Z", "+00:00"))
+        assert changed == datetime.fromisoformat(event["occurred_at"].replace("Z", "+00:00"))
     # a later request that changes a summary is a later change, from the previous summary
     later = [i for i in items if i["event_id"] == last["id"]]
     assert later
@@ -259,7 +270,7 @@ def test_bodies_that_are_not_events(client: TestClient) -> None:
             assert field in [e["field"] for e in problem["errors"]], problem
 
 
-def test_batch_size_limit(client: TestClient, settings: Any) -> None:
+def test_batch_size_limit(client: TestClient, settings: Settings) -> None:
     body = {"events": [event() for _ in range(settings.max_batch_size + 1)]}
     response = client.post("/v1/events", json=body)
     assert response.status_code == 422

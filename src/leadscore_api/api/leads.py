@@ -47,7 +47,8 @@ class LeadOut(BaseModel):
     components: dict[str, float]
     next_action: str | None
     next_action_due: datetime | None
-    owner: str | None
+    owner: str | None = Field(description="The rep the lead is assigned to, else its team.")
+    team: str | None = Field(description="The team the routing rules chose.")
     ruleset: RulesetRef
     models: dict[str, dict[str, Any]] = Field(
         description="Summaries under the other active rulesets, by ruleset name."
@@ -70,6 +71,7 @@ class LeadOut(BaseModel):
             next_action=lead.next_action,
             next_action_due=lead.next_action_due,
             owner=lead.owner,
+            team=lead.team,
             ruleset=RulesetRef(name=lead.ruleset_name, version=lead.ruleset_version),
             models=lead.models or {},
             created_at=lead.created_at,

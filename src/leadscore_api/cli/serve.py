@@ -12,10 +12,37 @@ from leadscore_api.config import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from leadscore_api.service.rulesets import RulesetRegistry
+
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def checked_rulesets(settings: Settings) -> RulesetRegistry:
+    """The rulesets, or exit 1 with every problem as ``FILE:LINE: message``."""
+    from leadscore_api.scoring import RuleFileError
+    from leadscore_api.service.rulesets import RegistryError, RulesetRegistry
+
+    try:
+        return RulesetRegistry.load(settings)
+    except (RuleFileError, RegistryError) as exc:
+        _fail(f"the rules cannot be loaded; not starting.\n{exc}")
+
+
+def checked_directory(settings: Settings) -> None:
+    """Exit 1 with ``FILE:LINE: message`` lines when the rep directory file does not load."""
+    from leadscore_api.service.rep_file import DirectoryFileError, load_directory_file
+    from leadscore_api.service.reps import directory_file_for
+
+    path = directory_file_for(settings)
+    if path is None:
+        return
+    try:
+        load_directory_file(path)
+    except DirectoryFileError as exc:
+        _fail(f"the rep directory cannot be loaded; not starting.\n{exc}")
 
 
 def checked_settings() -> Settings:
@@ -41,15 +68,11 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
     """Apply migrations, then serve the HTTP API (settings from LEADSCORE_* / .env)."""
     import uvicorn
 
-    from leadscore_api.scoring import RuleFileError
-    from leadscore_api.service.rulesets import RegistryError, RulesetRegistry
     from leadscore_api.storage.migrate import upgrade_database
 
     settings = checked_settings()
-    try:
-        RulesetRegistry.load(settings)
-    except (RuleFileError, RegistryError) as exc:
-        _fail(f"the rules cannot be loaded; not starting.\n{exc}")
+    checked_rulesets(settings)
+    checked_directory(settings)
     if not no_migrate:
         upgrade_database(settings.database_url)
     click.echo(

@@ -1,4 +1,4 @@
-"""``leadscore worker``: the delivery and timer loops without the HTTP API.
+"""``leadscore worker``: the delivery and timer loops (fresh scores, timers) without the HTTP API.
 
 Run as many as you like against PostgreSQL (rows are claimed with ``FOR UPDATE SKIP LOCKED``);
 on SQLite run one, or none besides ``leadscore serve``, which runs the loops itself unless
@@ -15,14 +15,17 @@ import signal
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
-from leadscore_api.cli.serve import checked_settings
+from leadscore_api.cli.serve import checked_rulesets, checked_settings
 from leadscore_api.config import Settings
 from leadscore_api.delivery.worker import running_workers
-from leadscore_api.service.timers import tick as timer_tick
+from leadscore_api.service.freshness import time_tick
+from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 
-async def _run(settings: Settings, registry: CollectorRegistry, **overrides: int) -> None:
+async def _run(
+    settings: Settings, rulesets: RulesetRegistry, registry: CollectorRegistry, **overrides: int
+) -> None:
     engine = make_engine(settings.database_url)
     factory = make_session_factory(engine)
     stop = asyncio.Event()
@@ -32,7 +35,7 @@ async def _run(settings: Settings, registry: CollectorRegistry, **overrides: int
             loop.add_signal_handler(sig, stop.set)
     try:
         async with running_workers(
-            factory, settings, timer_tick=timer_tick, registry=registry, **overrides
+            factory, settings, timer_tick=time_tick(rulesets), registry=registry, **overrides
         ):
             await stop.wait()
     finally:
@@ -58,6 +61,7 @@ def worker(migrate: bool, concurrency: int, batch_size: int, metrics_port: int |
     """Deliver outbound webhooks and fire time-driven transitions (no HTTP API)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = checked_settings()
+    rulesets = checked_rulesets(settings)
     if migrate:
         from leadscore_api.storage.migrate import upgrade_database
 
@@ -66,7 +70,7 @@ def worker(migrate: bool, concurrency: int, batch_size: int, metrics_port: int |
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
     click.echo(f"leadscore worker: delivering from {_safe_url(settings.database_url)}", err=True)
-    asyncio.run(_run(settings, registry, concurrency=concurrency, batch_size=batch_size))
+    asyncio.run(_run(settings, rulesets, registry, concurrency=concurrency, batch_size=batch_size))
 
 
 def _safe_url(url: str) -> str:

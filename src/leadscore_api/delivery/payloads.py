@@ -24,6 +24,7 @@ LEAD_FIELDS = (
     "tier",
     "stage",
     "owner",
+    "team",
     "next_action",
     "next_action_due",
 )

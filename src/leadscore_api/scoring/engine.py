@@ -35,6 +35,8 @@ from leadscore_api.scoring.durations import BusinessCalendar, Duration, parse_du
 from leadscore_api.scoring.model import Ruleset
 
 _LN2 = math.log(2.0)
+#: The longest wait before fading points are looked at again (see ``Scorer.next_change``).
+_MAX_DECAY_STEP = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +325,9 @@ class Scorer:
             list(ruleset.calendar.working_days),
             ruleset.calendar.working_hours[0],
             ruleset.calendar.working_hours[1],
+            country=ruleset.calendar.holidays.country,
+            subdivision=ruleset.calendar.holidays.subdivision,
+            extra=ruleset.calendar.holidays.extra,
         )
         self.counts: list[CountSpec] = []
         self.components: list[_Component] = []
@@ -728,6 +733,58 @@ class Scorer:
             requalify_due=_dt(requalify),
             explainer=explainer,
         )
+
+    def next_change(self, state: LeadState, as_of: datetime) -> datetime | None:
+        """The earliest moment after ``as_of`` at which time alone may change the lead's summary.
+
+        Without new events a lead changes only because points fade (half-life), vanish
+        (``expire_after``) or leave a counting window (``within``). Vanishing points and
+        windows give exact moments. For fading points the moment comes from a bound: the
+        score cannot move faster than the decaying points' total rate (|p| · ln 2 / half-life,
+        clamping only slows it), so it cannot leave its rounded value before the margin to the
+        nearer rounding boundary has been used up at that rate. Conditions on a fading component
+        of their own (rare) are rechecked at least daily. The caller evaluates the lead again at
+        that moment: a bound that comes early costs one evaluation that finds no change. The
+        answer is at least a second away, so a lead is never looked at in a busy loop.
+        """
+        now = max(as_of.timestamp(), state.last_ts or 0.0)
+        candidates: list[float] = []
+        rate = 0.0
+        for component in self.components:
+            if component.half_life is not None:
+                # Negative points fade too, which raises the score: the rate counts both ways.
+                value = abs(self._action_points(state, component, now))
+                if value > 1e-9:
+                    rate += value * _LN2 / component.half_life
+            elif component.expire_after is not None:
+                expires = [
+                    ts + component.expire_after
+                    for a in component.actions
+                    for ts, _ in state.live.get(a.index, ())
+                    if ts + component.expire_after > now
+                ]
+                if expires:
+                    candidates.append(min(expires))
+        for spec in self.counts:
+            if spec.within is None:
+                continue
+            entries = state.counts[spec.index]
+            leaving = [
+                (entry[0] if spec.distinct is not None else entry) + spec.within
+                for entry in entries
+            ]
+            later = [moment for moment in leaving if moment > now]
+            if later:
+                candidates.append(min(later))
+        if rate > 0.0:
+            exact = self._measure(state, now).exact
+            rounded = math.floor(exact + 0.5)
+            margin = min(exact - (rounded - 0.5), rounded + 0.5 - exact)
+            step = min(margin / rate, _MAX_DECAY_STEP)
+            candidates.append(now + step)
+        if not candidates:
+            return None
+        return datetime.fromtimestamp(max(min(candidates), now + 1.0), UTC)
 
     def _crossing(self, state: LeadState, now: float, tier: str | None) -> float:
         """When decay moved the lead into ``tier`` after its last event (found by bisection)."""

@@ -24,6 +24,7 @@ from leadscore_api.scoring import (
     Transition,
     transitions_between,
 )
+from leadscore_api.service import reps
 from leadscore_api.service.delivery import enqueue_transitions, lead_view
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.timers import plan_timers
@@ -83,19 +84,20 @@ def score_lead(
     when the stored state came from another ruleset text (sha256), when a ruleset has no state
     for this lead yet, or when the caller asks (merge).
 
-    The lead is evaluated once per request, after all of its new events: one history row per
-    ruleset whose summary changed, naming the latest event (and all of them in ``event_ids``).
-    Evaluating after every event of a batch would multiply the cost of a batch by its size for
-    intermediate states nobody reads.
+    The history gets one row per visible change, dated by the event that made it: a lead with
+    several events in one request is evaluated after each of them (the last one as of now), so
+    its timeline reads the same whether the events came one by one or in a batch. Changes that
+    only time made (``cause="time"``, from the freshness sweep) are dated ``now``.
     """
     update_ = LeadUpdate(lead=lead)
+    visible_change = False
+    written = 0
+    primary_assignee: str | None = None
     ordered_new = sorted(new_events, key=lambda e: (e.occurred_at, e.id))
     latest = max((e.occurred_at for e in ordered_new), default=now)
     as_of = max(now, latest)
     stored_events: list[ScoringEvent] | None = None
     final: dict[str, ScoreResult] = {}
-    cause_id = ordered_new[-1].id if ordered_new else None
-    event_ids = [e.id for e in ordered_new]
 
     for loaded in registry.ordered():
         scorer = loaded.scorer
@@ -104,13 +106,17 @@ def score_lead(
         must_replay = replay or (row is None and not is_new)
         must_replay = must_replay or (row is not None and row.ruleset_sha256 != loaded.sha256)
         state: LeadState | None = None
+        steps: list[_Step] = []
         if not must_replay:
             state = LeadState.from_json(row.state) if row is not None else scorer.new_state()
             try:
-                for event in ordered_new:
+                for position, event in enumerate(ordered_new):
                     scorer.apply(state, event)
+                    if position < len(ordered_new) - 1:
+                        steps.append(_Step(event, scorer.evaluate(state, event.occurred_at)))
             except OutOfOrderEvent:
                 must_replay = True
+                steps.clear()
         if must_replay or state is None:
             if stored_events is None:
                 stored_events = leads_repo.lead_events(session, lead.id)
@@ -120,33 +126,27 @@ def score_lead(
             state, result = scorer.replay(stored_events, as_of)
         else:
             result = scorer.evaluate(state, as_of)
+        steps.append(_Step(ordered_new[-1] if ordered_new else None, result))
         final[loaded.name] = result
         summary = result.summary()
+        is_primary = loaded.name == registry.primary_name
 
-        if loaded.name == registry.primary_name and _timers_changed(previous, summary):
+        if is_primary and _timers_changed(previous, summary):
             pending.timers.append(
                 plan_timers(lead.id, loaded.name, result.sla, result.requalify_due, result.tier)
             )
-        if previous is None or _visible(summary) != _visible(previous):
-            if loaded.name == registry.primary_name:
-                found = transitions_between(previous, result, cause_id, now)
-                if found:
-                    update_.transitions[cause_id] = found
-            pending.history.append(
-                {
-                    "lead_id": lead.id,
-                    "ruleset_name": loaded.name,
-                    "ruleset_version": loaded.version,
-                    "ruleset_sha256": loaded.sha256,
-                    "cause": cause,
-                    "event_id": cause_id,
-                    "event_ids": event_ids,
-                    "changed_at": now,
-                    "previous": previous,
-                    "current": summary,
-                    "explanation": result.explanation,
-                }
-            )
+        assignee: str | None = None
+        if is_primary:
+            lead.next_change_at = scorer.next_change(state, as_of)
+            written = len(pending.history)
+            assignee = _assignee(session, lead, result)
+            summary["assignee"] = assignee
+            primary_assignee = assignee
+        _record_changes(
+            lead, loaded, previous, steps, cause, now, pending, update_, is_primary, assignee
+        )
+        if is_primary:
+            visible_change = len(pending.history) > written
         state_json = state.to_json()
         if row is None:
             row = ScoreData(
@@ -170,11 +170,93 @@ def score_lead(
         pending.scores.append(row)
 
     primary = final[registry.primary_name]
-    _apply_summary(lead, registry, primary, final, now)
+    # A sweep that finds nothing visible keeps updated_at: CRMs syncing with updated_since
+    # must not fetch every lead each time its decimals fade a little.
+    touch = visible_change or cause != "time"
+    _apply_summary(lead, registry, primary, final, now, touch=touch, assignee=primary_assignee)
     pending.leads.append(lead)
     for event_id, transitions in update_.transitions.items():
         _enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
     return update_
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The lead as one event left it (``event`` None: as time left it)."""
+
+    event: ScoringEvent | None
+    result: ScoreResult
+
+
+def _record_changes(
+    lead: LeadData,
+    loaded: LoadedRuleset,
+    previous: dict[str, Any] | None,
+    steps: Sequence[_Step],
+    cause: str,
+    now: datetime,
+    pending: PendingWrites,
+    update_: LeadUpdate,
+    is_primary: bool,
+    assignee: str | None,
+) -> None:
+    """One history row (and, for the primary, its transitions) per step that changed the lead.
+
+    The last step's summary names the rep the lead is assigned to (``assignee``), so the
+    timeline shows who owned the lead from each change on.
+    """
+    before = previous
+    folded: list[str] = []
+    for position, step in enumerate(steps):
+        if step.event is not None:
+            folded.append(step.event.id)
+        summary = step.result.summary()
+        if is_primary and position == len(steps) - 1:
+            summary["assignee"] = assignee
+        if before is not None and _visible(summary) == _visible(before):
+            continue
+        event_id = step.event.id if step.event is not None else None
+        changed_at = step.event.occurred_at if step.event is not None and cause == "event" else now
+        explanation = step.result.explanation
+        if cause == "time":
+            explanation = {**explanation, "because": _time_reason(loaded, before, summary)}
+        if is_primary:
+            found = transitions_between(before, step.result, event_id, changed_at)
+            if found:
+                update_.transitions.setdefault(event_id, []).extend(found)
+        pending.history.append(
+            {
+                "lead_id": lead.id,
+                "ruleset_name": loaded.name,
+                "ruleset_version": loaded.version,
+                "ruleset_sha256": loaded.sha256,
+                "cause": cause,
+                "event_id": event_id,
+                "event_ids": folded,
+                "changed_at": changed_at,
+                "previous": before,
+                "current": summary,
+                "explanation": explanation,
+            }
+        )
+        before = summary
+        folded = []
+
+
+def _time_reason(
+    loaded: LoadedRuleset, before: dict[str, Any] | None, summary: dict[str, Any]
+) -> str:
+    """A sentence for a change no event made: what moved, and which fading rule moved it."""
+    moved = [
+        f"{name} {before.get(name) if before else None} → {summary.get(name)}"
+        for name in ("score", "tier", "letter", "stage", "next_action")
+        if (before or {}).get(name) != summary.get(name)
+    ]
+    fading = sorted(
+        {f"{c.name} points ({c.decay_text})" for c in loaded.scorer.components if c.decay_text}
+    )
+    why = "; ".join(fading) if fading else "counting windows moved on"
+    return f"changed with time, no event: {', '.join(moved) or 'summary'}; because {why}"
 
 
 def _timers_changed(previous: dict[str, Any] | None, summary: dict[str, Any]) -> bool:
@@ -184,13 +266,31 @@ def _timers_changed(previous: dict[str, Any] | None, summary: dict[str, Any]) ->
     return moved or before.get("requalify_due") != summary["requalify_due"]
 
 
+_NOT_COMPARED = frozenset({"components", "assignee"})
+
+
 def _visible(summary: dict[str, Any]) -> dict[str, Any]:
-    """What a history row is written for: letter, score, tier, stage, action, owner.
+    """What a history row is written for: letter, score, tier, stage, action, routed team.
 
     Components are left out of the comparison because decay moves them a little at every
-    evaluation; a change that matters shows in the rounded score.
+    evaluation; a change that matters shows in the rounded score. The assigned rep is recorded
+    with the change that routed the lead, not as a change of its own.
     """
-    return {key: value for key, value in summary.items() if key != "components"}
+    return {key: value for key, value in summary.items() if key not in _NOT_COMPARED}
+
+
+def _assignee(session: Session, lead: LeadData, result: ScoreResult) -> str | None:
+    """The rep who owns the lead: kept while still routed to the same team, else chosen anew.
+
+    ``result.owner`` is the team the routing rules picked. The directory is asked only when the
+    team changed or the lead has no rep yet, so an ordinary event costs no query here.
+    """
+    team = result.owner
+    if not team:
+        return None
+    if lead.team == team and lead.owner not in (None, team):
+        return lead.owner
+    return reps.assign_owner(session, lead.id, team, result.attributes, lead.owner)
 
 
 def _apply_summary(
@@ -199,6 +299,9 @@ def _apply_summary(
     primary: ScoreResult,
     final: dict[str, ScoreResult],
     now: datetime,
+    *,
+    touch: bool,
+    assignee: str | None,
 ) -> None:
     summary = primary.summary()
     lead.attributes = dict(primary.attributes)
@@ -209,7 +312,9 @@ def _apply_summary(
     lead.components = summary["components"]
     lead.next_action = primary.next_action
     lead.next_action_due = primary.next_action_due
-    lead.owner = primary.owner
+    # The rep when the directory has one for the routed team, else the team itself.
+    lead.team = primary.owner
+    lead.owner = assignee or primary.owner
     lead.ruleset_name = registry.primary.name
     lead.ruleset_version = registry.primary.version
     lead.models = {
@@ -217,7 +322,8 @@ def _apply_summary(
         for name, result in final.items()
         if name != registry.primary_name
     }
-    lead.updated_at = now
+    if touch:
+        lead.updated_at = now
     lead.dirty = True
 
 

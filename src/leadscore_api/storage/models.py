@@ -50,6 +50,8 @@ class Lead(Base):
     next_action: Mapped[str | None] = mapped_column(String(100), default=None)
     next_action_due: Mapped[datetime | None] = mapped_column(default=None)
     owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    #: The team the routing rules chose for the lead; ``owner`` is then one of its reps.
+    team: Mapped[str | None] = mapped_column(String(200), default=None)
     ruleset_name: Mapped[str | None] = mapped_column(String(100), default=None)
     ruleset_version: Mapped[int | None] = mapped_column(Integer, default=None)
     #: Other rulesets' summaries, keyed by ruleset name (shown as ``models``).
@@ -58,14 +60,19 @@ class Lead(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     #: Bumped on every change: a cheap check that a reader saw the latest write.
     version: Mapped[int] = mapped_column(Integer, default=1)
+    #: When time alone may next change the summary (decay, expiry, windows): the freshness
+    #: sweep re-scores the leads that are due, found through this column's index.
+    next_change_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
         Index("ix_leads_updated_at_id", "updated_at", "id"),
+        Index("ix_leads_next_change_at", "next_change_at"),
         Index("ix_leads_tier", "tier"),
         Index("ix_leads_stage", "stage"),
         Index("ix_leads_letter", "letter"),
         Index("ix_leads_score", "score"),
         Index("ix_leads_owner", "owner"),
+        Index("ix_leads_team", "team"),
         Index("ix_leads_email", "email"),
         Index("ix_leads_external_id", "external_id"),
     )

@@ -85,6 +85,8 @@ class LeadData:
     created_at: datetime
     updated_at: datetime
     version: int
+    next_change_at: datetime | None = None
+    team: str | None = None
     dirty: bool = False
 
 
@@ -120,6 +122,8 @@ _LEAD_FIELDS = (
     "models",
     "created_at",
     "updated_at",
+    "next_change_at",
+    "team",
 )
 _SCORE_FIELDS = ("ruleset_version", "ruleset_sha256", "state", "summary", "updated_at")
 
@@ -485,3 +489,20 @@ def record_erasure(session: Session, erased_at: datetime, counts: dict[str, int]
 
 def leads_by_ids(session: Session, ids: set[str]) -> dict[str, Lead]:
     return {lead.id: lead for lead in session.scalars(select(Lead).where(Lead.id.in_(ids)))}
+
+
+def due_for_refresh(session: Session, now: datetime, limit: int) -> list[str]:
+    """Ids of leads whose summary time may have changed, oldest due first.
+
+    On PostgreSQL the rows are locked and rows another sweep holds are skipped, so several
+    workers share the due leads without handling one twice; SQLite has one writer anyway.
+    """
+    query = (
+        select(LEADS_TABLE.c.id)
+        .where(LEADS_TABLE.c.next_change_at <= now)
+        .order_by(LEADS_TABLE.c.next_change_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))

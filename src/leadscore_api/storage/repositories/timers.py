@@ -30,6 +30,7 @@ _SELECT_TIMERS = select(
     _TIMERS.c.ruleset_name,
     _TIMERS.c.kind,
     _TIMERS.c.due_at,
+    _TIMERS.c.fired_at,
 ).where(_TIMERS.c.lead_id.in_(bindparam("ids", expanding=True)))
 
 
@@ -46,25 +47,31 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
     """Make the leads' timers match their plans, for all leads of a request at once.
 
     Planned timers are added, others of the same lead and ruleset removed, and a timer whose
-    time moved fires again; in one SELECT and at most three executemany statements for all the
+    time moved later than it fired fires again; in one SELECT and at most three executemany statements for all the
     leads of a request, because this runs in the scoring transaction of every ingest.
     """
     if not plans:
         return
     connection = session.connection()
     latest = {(plan.lead_id, plan.ruleset_name): plan for plan in plans}
-    existing: dict[tuple[str, str], dict[str, tuple[int, datetime]]] = defaultdict(dict)
+    existing: dict[tuple[str, str], dict[str, tuple[int, datetime, datetime | None]]] = defaultdict(
+        dict
+    )
     lead_ids = sorted({plan.lead_id for plan in plans})
     for chunk in (lead_ids[i : i + _CHUNK] for i in range(0, len(lead_ids), _CHUNK)):
         for row in connection.execute(_SELECT_TIMERS, {"ids": chunk}):
             if (row.lead_id, row.ruleset_name) in latest:
-                existing[(row.lead_id, row.ruleset_name)][row.kind] = (row.id, row.due_at)
+                existing[(row.lead_id, row.ruleset_name)][row.kind] = (
+                    row.id,
+                    row.due_at,
+                    row.fired_at,
+                )
     stale: list[int] = []
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for key, plan in latest.items():
         have = existing.get(key, {})
-        stale.extend(timer_id for kind, (timer_id, _due) in have.items() if kind not in plan.wanted)
+        stale.extend(timer_id for kind, (timer_id, *_) in have.items() if kind not in plan.wanted)
         for kind, (due, detail) in plan.wanted.items():
             found = have.get(kind)
             if found is None:
@@ -78,7 +85,10 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
                         "fired_at": None,
                     }
                 )
-            elif found[1] != due:
+            elif found[1] != due and (found[2] is None or due > found[2]):
+                # A timer that already fired stays fired when its deadline moves to a moment
+                # it had passed anyway (an old event placed in time); a deadline moved past
+                # the firing (a new hand-over) arms it again.
                 updates.append({"b_id": found[0], "due_at": due, "detail": detail})
     for start in range(0, len(stale), _CHUNK):
         connection.execute(_DELETE_TIMERS, {"ids": stale[start : start + _CHUNK]})
