@@ -134,7 +134,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def test_validate_and_test_pass_on_the_bundled_rules() -> None:
     validated = run_cli("validate", "rules")
     assert validated.returncode == 0, validated.stderr
-    assert "pmi-letter-score v1" in validated.stdout and "bant v1" in validated.stdout
+    assert "pmi-letter-score v2" in validated.stdout and "bant v1" in validated.stdout
     tested = run_cli("test", "rules")
     assert tested.returncode == 0, tested.stdout
     assert tested.stdout.strip().endswith("0 failed")
@@ -240,3 +240,20 @@ def test_a_problem_inside_a_combinator_names_its_full_path() -> None:
         "rules/demo.yaml:9: components.fit.criteria[0].when.all[1]: unknown operator 'greater';"
         " use one of: eq, ne, in, not_in, gt, gte, lt, lte, between, matches, exists"
     ]
+
+
+def test_a_counting_window_in_working_time_is_refused_with_its_line() -> None:
+    text = """ruleset: windows
+version: 1
+components:
+  fit:
+    max: 100
+    criteria: [{id: big, points: 50, when: {field: employees, gt: 50}}]
+stages:
+  engaged:
+    when: {event: page.viewed, count: {gte: 2}, within: 3bd}
+"""
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset_text(text, "windows.yaml")
+    message = str(caught.value)
+    assert "windows.yaml:9" in message and "calendar time" in message
