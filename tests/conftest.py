@@ -73,6 +73,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "admin_api_key": TEST_ADMIN_KEY,
         "webhook_allow_private_targets": True,
         "run_worker": False,
+        # The bundled example reps would take the leads of every test; tests that want the
+        # directory file synced say so.
+        "sync_rep_directory": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

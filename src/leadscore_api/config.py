@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     delivery_disable_after_days: float = 5.0
     timer_interval_seconds: float = 60.0
     run_worker: bool = True
+    #: Sync ``directory/reps.yaml`` of the rules folder in force into the rep directory at
+    #: start-up (the bundled folder's file included, so routing reaches a person out of the box).
+    sync_rep_directory: bool = True
     worker_poll_seconds: float = 0.5
     webhook_timestamp_tolerance_seconds: int = 300
 

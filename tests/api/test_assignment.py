@@ -26,7 +26,9 @@ from leadscore_api.storage.migrate import upgrade_database
 def routed_app(database_url: str, tmp_path: Path) -> FastAPI:
     rules = tmp_path / "rules"
     shutil.copytree(BUNDLED_RULES_DIR, rules)
-    settings = make_settings(database_url, rules_dir=rules, primary_ruleset="bant")
+    settings = make_settings(
+        database_url, rules_dir=rules, primary_ruleset="bant", sync_rep_directory=True
+    )
     upgrade_database(settings.database_url)
     return create_app(settings)
 

@@ -134,7 +134,7 @@ def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
 def test_validate_and_test_pass_on_the_bundled_rules() -> None:
     validated = run_cli("validate", "rules")
     assert validated.returncode == 0, validated.stderr
-    assert "pmi-letter-score v2" in validated.stdout and "bant v1" in validated.stdout
+    assert "pmi-letter-score v3" in validated.stdout and "bant v2" in validated.stdout
     tested = run_cli("test", "rules")
     assert tested.returncode == 0, tested.stdout
     assert tested.stdout.strip().endswith("0 failed")

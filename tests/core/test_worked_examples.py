@@ -96,9 +96,11 @@ def test_purchasing_manager_of_a_1200_employee_manufacturer_is_a85(
     assert result.next_action == "priority_contact"  # A × 50–89
 
 
-def test_a85_does_not_fade_without_decay(model: LoadedRuleset) -> None:
-    result = score(model, a85_events("Responsabile acquisti", days_ago=180))
+def test_a85_does_not_fade_then_expires_after_90_days(model: LoadedRuleset) -> None:
+    result = score(model, a85_events("Responsabile acquisti", days_ago=80))
     assert (result.letter, result.score, result.score_exact) == ("A", 85, 85)
+    expired = score(model, a85_events("Responsabile acquisti", days_ago=180))
+    assert (expired.letter, expired.score, expired.tier) == ("A", 50, "warm")
 
 
 def test_pricing_visits_on_one_day_count_once(model: LoadedRuleset) -> None:

@@ -131,7 +131,9 @@ def test_receiver_down_while_service_is_killed_gets_everything_after_restart(
             _wait_ready(base, proc)
             assert receiver.wait_for(len(expected), timeout=60, delivered=True)
         got = receiver.delivered()
-        assert {r.webhook_id for r in got} == expected  # at least once, same webhook-id
+        # Every message queued before the crash arrives, with its webhook-id (at least once);
+        # the restarted worker may add time-driven ones (the hand-over SLA ran out meanwhile).
+        assert expected <= {r.webhook_id for r in got}
         for r in got:
             Webhook(created["secret"]).verify(r.body, r.headers)
     finally:

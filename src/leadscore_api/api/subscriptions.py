@@ -30,6 +30,7 @@ EventType = Literal[
     "lead.letter_changed",
     "lead.sla_breached",
     "lead.requalify_due",
+    "lead.followup_due",
     "*",
 ]
 Letter = Literal["A", "B", "C", "D"]

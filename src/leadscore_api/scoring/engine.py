@@ -35,6 +35,8 @@ from leadscore_api.scoring.durations import BusinessCalendar, Duration, parse_du
 from leadscore_api.scoring.model import Ruleset
 
 _LN2 = math.log(2.0)
+#: The CRM event that says a follow-up was done: the next one counts from it.
+FOLLOW_UP_DONE = "lead.contacted"
 #: The longest wait before fading points are looked at again (see ``Scorer.next_change``).
 _MAX_DECAY_STEP = 86400.0
 
@@ -125,6 +127,7 @@ class LeadState:
         "attributes",
         "checked_ts",
         "comp_values",
+        "contacted_ts",
         "counts",
         "last_id",
         "last_ts",
@@ -154,6 +157,8 @@ class LeadState:
         self.checked_ts: float | None = None
         self.letter: str | None = None
         self.sla_met: dict[str, float] = {}
+        #: The last ``lead.contacted`` (a follow-up done): recurring follow-ups count from it.
+        self.contacted_ts: float | None = None
         self.n_events = 0
         self._crit: list[float] | None = None
 
@@ -187,6 +192,7 @@ class LeadState:
         copy.stages = {k: dict(v) for k, v in self.stages.items()}
         copy.tier, copy.tier_since, copy.checked_ts = self.tier, self.tier_since, self.checked_ts
         copy.letter, copy.sla_met, copy.n_events = self.letter, dict(self.sla_met), self.n_events
+        copy.contacted_ts = self.contacted_ts
         copy._crit = self._crit
         return copy
 
@@ -206,6 +212,7 @@ class LeadState:
             "checked_ts": self.checked_ts,
             "letter": self.letter,
             "sla_met": self.sla_met,
+            "contacted_ts": self.contacted_ts,
             "n_events": self.n_events,
             # Derived from attributes, kept so that loading a stored state costs no rule checks.
             "criteria": self._crit,
@@ -227,6 +234,7 @@ class LeadState:
         state.checked_ts = data.get("checked_ts")
         state.letter = data["letter"]
         state.sla_met = dict(data["sla_met"])
+        state.contacted_ts = data.get("contacted_ts")
         state.n_events = data["n_events"]
         state._crit = data.get("criteria")
         return state
@@ -253,6 +261,9 @@ class ScoreResult:
     sla: list[dict[str, Any]]
     requalify_due: datetime | None
     explainer: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
+    #: The tier workflow's next follow-up: ``due`` (RFC 3339), ``action``, ``anchor`` (when the
+    #: count started: entering the tier or the last contact) and ``every`` for recurring ones.
+    follow_up: dict[str, Any] | None = None
 
     @cached_property
     def explanation(self) -> dict[str, Any]:
@@ -277,6 +288,7 @@ class ScoreResult:
             # lead.requalify_due) and rewrites the timers when these change.
             "sla_due": {item["id"]: item["due"] for item in self.sla if item["met_at"] is None},
             "requalify_due": _iso(self.requalify_due.timestamp()) if self.requalify_due else None,
+            "follow_up_due": self.follow_up["due"] if self.follow_up else None,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,6 +310,7 @@ class ScoreResult:
             "owner": self.owner,
             "sla": self.sla,
             "requalify_due": _iso(self.requalify_due.timestamp()) if self.requalify_due else None,
+            "follow_up": self.follow_up,
             "attributes": self.attributes,
             "explanation": self.explanation,
         }
@@ -439,6 +452,8 @@ class Scorer:
                     state.attributes[key] = value
             state._crit = None
         event_type = event.type
+        if event_type == FOLLOW_UP_DONE:
+            state.contacted_ts = ts
         actions = self.actions_by_type.get(event_type)
         if actions:
             ctx = Context(state.attributes, event.properties)
@@ -670,6 +685,7 @@ class Scorer:
             after = ruleset.workflows[measure.tier].requalify_after
             if after is not None:
                 requalify = self.calendar.add(tier_since, parse_duration(after))
+        follow_up = self._follow_up(state, measure.tier, tier_since)
         slas = []
         for sla in self.slas:
             reached = self._stage_reached_at(state, sla.stage)
@@ -732,7 +748,35 @@ class Scorer:
             sla=slas,
             requalify_due=_dt(requalify),
             explainer=explainer,
+            follow_up=follow_up,
         )
+
+    def _follow_up(
+        self, state: LeadState, tier: str | None, tier_since: float | None
+    ) -> dict[str, Any] | None:
+        """The tier workflow's next follow-up, counted from entering the tier or the last contact.
+
+        A recurring follow-up gives its first moment and ``every``: the timer that fires it
+        moves itself on, and a contact (``lead.contacted``) starts the count again.
+        """
+        workflows = self.ruleset.workflows
+        if not workflows or tier not in workflows or tier_since is None:
+            return None
+        workflow = workflows[tier]
+        step = workflow.follow_up_within or workflow.follow_up_every
+        if step is None:
+            return None
+        anchor = tier_since
+        if state.contacted_ts is not None and state.contacted_ts > anchor:
+            anchor = state.contacted_ts
+        due = self.calendar.add(anchor, parse_duration(step))
+        return {
+            "due": _iso(due),
+            "action": workflow.follow_up or "follow_up",
+            "anchor": _iso(anchor),
+            "every": str(workflow.follow_up_every) if workflow.follow_up_every else None,
+            "tier": tier,
+        }
 
     def next_change(self, state: LeadState, as_of: datetime) -> datetime | None:
         """The earliest moment after ``as_of`` at which time alone may change the lead's summary.

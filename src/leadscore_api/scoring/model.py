@@ -353,12 +353,29 @@ class Workflow(Strict):
 
     action: str
     due: DurationText | None = None
-    follow_up: str | None = None
-    follow_up_every: DurationText | None = None
+    follow_up: str | None = Field(
+        default=None, description="What the follow-up is (e.g. follow_up_call); default follow_up."
+    )
+    follow_up_within: DurationText | None = Field(
+        default=None,
+        description="One follow-up, due this long after entering the tier or the last contact.",
+    )
+    follow_up_every: DurationText | None = Field(
+        default=None,
+        description="Recurring follow-ups, every this long from entering the tier or the last contact.",
+    )
     requalify_after: DurationText | None = None
     steps: list[str] = Field(default_factory=list)
 
-    _v_durations = field_validator("due", "follow_up_every", "requalify_after")(_check_duration)
+    _v_durations = field_validator("due", "follow_up_within", "follow_up_every", "requalify_after")(
+        _check_duration
+    )
+
+    @model_validator(mode="after")
+    def _one_follow_up(self) -> Workflow:
+        if self.follow_up_within is not None and self.follow_up_every is not None:
+            raise ValueError("a workflow has follow_up_within or follow_up_every, not both")
+        return self
 
 
 class SlaRule(Strict):

@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api.config import BUNDLED_RULES_DIR, Settings
+from leadscore_api.config import Settings
 from leadscore_api.errors import Conflict, InvalidInput, NotFound
 from leadscore_api.service.rep_file import (
     DirectoryFile,
@@ -648,10 +648,10 @@ def sync_directory(session_factory: sessionmaker[Session], path: str | Path) -> 
 
 
 def directory_file_for(settings: Settings) -> Path | None:
-    """The rep directory the service syncs at start: ``directory/reps.yaml`` of the operator's
-    rules folder. The bundled folder's file is an example of fictional reps, so it is never
-    synced on its own (copy the folder to ``./rules`` or set ``LEADSCORE_RULES_DIR``)."""
-    rules_dir = settings.resolved_rules_dir()
-    if rules_dir.resolve() == BUNDLED_RULES_DIR.resolve():
+    """The rep directory the service syncs at start: ``directory/reps.yaml`` of the rules folder
+    in force, like the rulesets (the bundled example included, so that leads reach a person on
+    the default configuration; ``LEADSCORE_SYNC_REP_DIRECTORY=false`` leaves the table to the
+    API)."""
+    if not settings.sync_rep_directory:
         return None
-    return directory_file_in(rules_dir)
+    return directory_file_in(settings.resolved_rules_dir())

@@ -133,7 +133,14 @@ def score_lead(
 
         if is_primary and _timers_changed(previous, summary):
             pending.timers.append(
-                plan_timers(lead.id, loaded.name, result.sla, result.requalify_due, result.tier)
+                plan_timers(
+                    lead.id,
+                    loaded.name,
+                    result.sla,
+                    result.requalify_due,
+                    result.tier,
+                    result.follow_up,
+                )
             )
         assignee: str | None = None
         if is_primary:
@@ -262,8 +269,9 @@ def _time_reason(
 def _timers_changed(previous: dict[str, Any] | None, summary: dict[str, Any]) -> bool:
     """Whether the lead's open deadlines moved, so its timers must be rewritten."""
     before = previous or {}
-    moved: bool = before.get("sla_due") != summary["sla_due"]
-    return moved or before.get("requalify_due") != summary["requalify_due"]
+    return any(
+        before.get(key) != summary.get(key) for key in ("sla_due", "requalify_due", "follow_up_due")
+    )
 
 
 _NOT_COMPARED = frozenset({"components", "assignee"})

@@ -12,12 +12,13 @@ UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.scoring import Transition
+from leadscore_api.scoring.durations import parse_duration
 from leadscore_api.service.delivery import enqueue_transitions, lead_view
 from leadscore_api.storage.delivery_models import LeadTimer
 from leadscore_api.storage.models import Lead
@@ -27,6 +28,7 @@ from leadscore_api.storage.repositories.timers import TimerPlan
 from leadscore_api.storage.unit_of_work import in_transaction
 
 REQUALIFY = "requalify"
+FOLLOW_UP = "followup"
 SLA_PREFIX = "sla:"
 #: Timers fired per transaction; the loop comes back for the rest at once.
 TICK_BATCH = 500
@@ -46,8 +48,10 @@ def plan_timers(
     sla: Sequence[dict[str, Any]],
     requalify_due: datetime | None,
     tier: str | None,
+    follow_up: dict[str, Any] | None = None,
 ) -> TimerPlan:
-    """The timers the lead should have: unmet SLAs at their deadline, and re-qualification."""
+    """The timers the lead should have: unmet SLAs at their deadline, re-qualification, and the
+    tier workflow's next follow-up."""
     wanted: dict[str, tuple[datetime, dict[str, Any]]] = {}
     for item in sla:
         due = _parse_time(item.get("due"))
@@ -57,6 +61,10 @@ def plan_timers(
         wanted[f"{SLA_PREFIX}{item.get('id')}"] = (due, detail)
     if requalify_due is not None:
         wanted[REQUALIFY] = (requalify_due, {"tier": tier})
+    if follow_up is not None:
+        due = _parse_time(follow_up.get("due"))
+        if due is not None:
+            wanted[FOLLOW_UP] = (due, dict(follow_up))
     return TimerPlan(lead_id, ruleset_name, wanted)
 
 
@@ -76,6 +84,14 @@ def schedule_timers(
 
 
 def _transition(timer: LeadTimer, lead: Lead) -> Transition:
+    if timer.kind == FOLLOW_UP:
+        return Transition(
+            type="lead.followup_due",
+            from_value=lead.tier,
+            to_value=str(timer.detail.get("action") or "follow_up"),
+            at=timer.due_at,
+            event_id=None,
+        )
     if timer.kind == REQUALIFY:
         return Transition(
             type="lead.requalify_due",
@@ -109,10 +125,12 @@ def _fire_due(session: Session, now: datetime) -> tuple[int, int]:
     leads = leads_repo.leads_by_ids(session, {t.lead_id for t in timers})
     queued = 0
     for timer in timers:
+        due = timer.due_at
         timer.fired_at = now
         lead = leads.get(timer.lead_id)
         if lead is None:
             continue
+        late = max(0, round((now - due).total_seconds()))
         queued += enqueue_transitions(
             session,
             lead=lead_view(lead),
@@ -120,6 +138,30 @@ def _fire_due(session: Session, now: datetime) -> tuple[int, int]:
             event_id=None,
             ruleset_name=timer.ruleset_name,
             ruleset_version=lead.ruleset_version or 0,
-            explanation={"timer": timer.kind, **timer.detail},
+            explanation={
+                "timer": timer.kind,
+                **timer.detail,
+                "due": due.isoformat().replace("+00:00", "Z"),
+                # For an SLA: how far past its deadline the promise was when the alarm went.
+                "overdue_seconds": late,
+            },
         )
+        _rearm_recurring(timer, now)
     return len(timers), queued
+
+
+def _rearm_recurring(timer: LeadTimer, now: datetime) -> None:
+    """A recurring follow-up moves on to its next occurrence after ``now`` (it keeps its
+    anchor, so the next rescore of the lead leaves it where it is)."""
+    every_text = timer.detail.get("every") if timer.kind == FOLLOW_UP else None
+    if not every_text:
+        return
+    every = parse_duration(str(every_text))
+    if every.business:
+        return  # working-time steps need the ruleset's calendar: the next rescore re-plans
+    step = timedelta(seconds=every.seconds)
+    due = timer.due_at
+    while due <= now:
+        due += step
+    timer.due_at = due
+    timer.fired_at = None

@@ -31,6 +31,7 @@ _SELECT_TIMERS = select(
     _TIMERS.c.kind,
     _TIMERS.c.due_at,
     _TIMERS.c.fired_at,
+    _TIMERS.c.detail,
 ).where(_TIMERS.c.lead_id.in_(bindparam("ids", expanding=True)))
 
 
@@ -54,9 +55,9 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
         return
     connection = session.connection()
     latest = {(plan.lead_id, plan.ruleset_name): plan for plan in plans}
-    existing: dict[tuple[str, str], dict[str, tuple[int, datetime, datetime | None]]] = defaultdict(
-        dict
-    )
+    existing: dict[
+        tuple[str, str], dict[str, tuple[int, datetime, datetime | None, dict[str, Any]]]
+    ] = defaultdict(dict)
     lead_ids = sorted({plan.lead_id for plan in plans})
     for chunk in (lead_ids[i : i + _CHUNK] for i in range(0, len(lead_ids), _CHUNK)):
         for row in connection.execute(_SELECT_TIMERS, {"ids": chunk}):
@@ -65,6 +66,7 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
                     row.id,
                     row.due_at,
                     row.fired_at,
+                    row.detail or {},
                 )
     stale: list[int] = []
     inserts: list[dict[str, Any]] = []
@@ -85,6 +87,8 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
                         "fired_at": None,
                     }
                 )
+            elif _same_recurrence(found[3], detail):
+                continue  # a recurring timer moves itself on; the same anchor keeps it
             elif found[1] != due and (found[2] is None or due > found[2]):
                 # A timer that already fired stays fired when its deadline moves to a moment
                 # it had passed anyway (an old event placed in time); a deadline moved past
@@ -96,6 +100,15 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
         connection.execute(insert(_TIMERS), inserts)
     if updates:
         connection.execute(_UPDATE_TIMERS, updates)
+
+
+def _same_recurrence(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
+    """Whether a recurring timer is the one already stored (same start of its count)."""
+    return (
+        bool(planned.get("every"))
+        and stored.get("anchor") == planned.get("anchor")
+        and (stored.get("every") == planned.get("every"))
+    )
 
 
 def claim_due(session: Session, now: datetime, limit: int) -> list[LeadTimer]:
