@@ -44,14 +44,19 @@ stages:
 """
 
 
-@pytest.fixture
-def cooling_app(database_url: str, tmp_path: Path) -> FastAPI:
+def cooling_app_on(database_url: str, tmp_path: Path) -> FastAPI:
+    """The app on a migrated database, scoring with the test's ruleset alone."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "cooling.yaml").write_text(RULES, encoding="utf-8")
     settings = make_settings(database_url, rules_dir=rules, primary_ruleset="cooling")
     upgrade_database(settings.database_url)
     return create_app(settings)
+
+
+@pytest.fixture
+def cooling_app(database_url: str, tmp_path: Path) -> FastAPI:
+    return cooling_app_on(database_url, tmp_path)
 
 
 @pytest.fixture
@@ -200,12 +205,7 @@ def test_a_batch_gives_one_row_per_visible_change_dated_by_its_event(cooling: Te
 
 
 def test_two_sweeps_at_once_handle_each_due_lead_once(pg_url: str, tmp_path: Path) -> None:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "cooling.yaml").write_text(RULES, encoding="utf-8")
-    settings = make_settings(pg_url, rules_dir=rules, primary_ruleset="cooling")
-    upgrade_database(settings.database_url)
-    app = create_app(settings)
+    app = cooling_app_on(pg_url, tmp_path)
     start = datetime.now(UTC) - timedelta(minutes=1)
     with TestClient(app, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}) as client:
         events = [
