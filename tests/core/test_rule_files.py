@@ -257,3 +257,22 @@ stages:
         load_ruleset_text(text, "windows.yaml")
     message = str(caught.value)
     assert "windows.yaml:9" in message and "calendar time" in message
+
+
+def test_a_recurring_follow_up_in_working_time_is_refused_with_its_line() -> None:
+    text = """ruleset: followups
+version: 1
+components:
+  fit:
+    max: 100
+    criteria: [{id: big, points: 50, when: {field: employees, gt: 50}}]
+tiers: {hot: 75, warm: 40, cold: 0}
+workflows:
+  warm:
+    action: personal_email
+    follow_up_every: 5bd
+"""
+    with pytest.raises(RuleFileError) as caught:
+        load_ruleset_text(text, "followups.yaml")
+    message = str(caught.value)
+    assert "followups.yaml:" in message and "calendar time" in message

@@ -375,6 +375,12 @@ class Workflow(Strict):
     def _one_follow_up(self) -> Workflow:
         if self.follow_up_within is not None and self.follow_up_every is not None:
             raise ValueError("a workflow has follow_up_within or follow_up_every, not both")
+        # The timer of a recurring follow-up moves itself on with a fixed step.
+        if self.follow_up_every is not None and parse_duration(self.follow_up_every).business:
+            raise ValueError(
+                "follow_up_every is counted in calendar time: use m, h, d or w"
+                " (follow_up_within may use working time)"
+            )
         return self
 
 

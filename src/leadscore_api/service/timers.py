@@ -156,10 +156,8 @@ def _rearm_recurring(timer: LeadTimer, now: datetime) -> None:
     every_text = timer.detail.get("every") if timer.kind == FOLLOW_UP else None
     if not every_text:
         return
-    every = parse_duration(str(every_text))
-    if every.business:
-        return  # working-time steps need the ruleset's calendar: the next rescore re-plans
-    step = timedelta(seconds=every.seconds)
+    # Rule files keep recurring follow-ups in calendar time, so the step is fixed.
+    step = timedelta(seconds=parse_duration(str(every_text)).seconds)
     due = timer.due_at
     while due <= now:
         due += step
