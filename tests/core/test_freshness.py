@@ -86,6 +86,8 @@ def test_nothing_visible_changes_before_next_change(
     as_of = last + timedelta(hours=wait_hours)
     now_view = visible(SCORER.evaluate(state, as_of))
     upcoming = SCORER.next_change(state, as_of)
+    evaluated = SCORER.evaluate(state, as_of)
+    assert SCORER.next_change(state, as_of, evaluated.score_exact) == upcoming
     horizon = upcoming if upcoming is not None else as_of + timedelta(days=60)
     assert horizon > as_of
     # The answer is never less than a second away (no busy loop): probe after that second.

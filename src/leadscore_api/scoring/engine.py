@@ -778,7 +778,9 @@ class Scorer:
             "tier": tier,
         }
 
-    def next_change(self, state: LeadState, as_of: datetime) -> datetime | None:
+    def next_change(
+        self, state: LeadState, as_of: datetime, exact: float | None = None
+    ) -> datetime | None:
         """The earliest moment after ``as_of`` at which time alone may change the lead's summary.
 
         Without new events a lead changes only because points fade (half-life), vanish
@@ -821,7 +823,8 @@ class Scorer:
             if later:
                 candidates.append(min(later))
         if rate > 0.0:
-            exact = self._measure(state, now).exact
+            if exact is None:  # the caller's evaluation at ``as_of`` saves measuring again
+                exact = self._measure(state, now).exact
             rounded = math.floor(exact + 0.5)
             margin = min(exact - (rounded - 0.5), rounded + 0.5 - exact)
             step = min(margin / rate, _MAX_DECAY_STEP)

@@ -144,7 +144,7 @@ def score_lead(
             )
         assignee: str | None = None
         if is_primary:
-            lead.next_change_at = scorer.next_change(state, as_of)
+            lead.next_change_at = scorer.next_change(state, as_of, result.score_exact)
             written = len(pending.history)
             assignee = _assignee(session, lead, result)
             summary["assignee"] = assignee
