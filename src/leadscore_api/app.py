@@ -2,7 +2,8 @@
 
 ``create_app(settings)`` wires everything from one ``Settings`` object and keeps what routers
 need on ``app.state``: ``settings``, ``engine``, ``session_factory`` (writes),
-``read_session_factory`` (reads), ``checkpointer`` (SQLite's background WAL checkpoints, None
+``read_session_factory`` (reads), ``ingest_writer`` (group commit of ``POST /v1/events``),
+``checkpointer`` (SQLite's background WAL checkpoints, None
 elsewhere), ``registry`` (the loaded rulesets) and ``metrics``. The routers are listed in
 :mod:`leadscore_api.api.routers`; the delivery worker and timer loops run inside the app unless
 ``settings.run_worker`` is off; callers can add their own start-up hooks with
@@ -32,6 +33,7 @@ from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.freshness import time_tick
+from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.reps import directory_file_for, sync_directory
 from leadscore_api.service.rulesets import RulesetRegistry, record_rulesets
 from leadscore_api.storage.checkpoints import WalCheckpointer
@@ -76,6 +78,12 @@ def create_app(
     session_factory = make_session_factory(engine)
     read_session_factory = make_session_factory(engine, read_only=True)
     metrics = Metrics()
+    ingest_writer = GroupCommitter(
+        session_factory,
+        registry,
+        writers=settings.writer_threads(),
+        max_group_events=settings.ingest_group_events,
+    )
 
     hooks: list[LifespanHook] = [*lifespan_hooks, delivery_loops]
 
@@ -97,6 +105,7 @@ def create_app(
                 yield
             finally:
                 app.state.started = False
+        await run_in_threadpool(ingest_writer.close)
         if checkpointer is not None:
             await run_in_threadpool(checkpointer.stop)
         engine.dispose()
@@ -114,6 +123,7 @@ def create_app(
     app.state.read_session_factory = read_session_factory
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.ingest_writer = ingest_writer
     app.state.started = False
 
     install_problem_handlers(app)

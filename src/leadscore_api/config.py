@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     #: start-up (the bundled folder's file included, so routing reaches a person out of the box).
     sync_rep_directory: bool = True
     worker_poll_seconds: float = 0.5
+    #: Writer threads that run ingest requests together (group commit); unset: 1 on SQLite,
+    #: which has a single writer anyway, 2 elsewhere (one group's round trips overlap another's).
+    ingest_writers: int | None = None
+    #: Events one shared ingest transaction takes at most.
+    ingest_group_events: int = 1000
+    #: How long a verified API key is trusted without asking the database again. A key revoked
+    #: on another replica stops working there within this time (at once on this one).
+    api_key_cache_seconds: float = 5.0
     webhook_timestamp_tolerance_seconds: int = 300
 
     webhook_sendgrid_secret: str | None = None
@@ -137,12 +145,27 @@ class Settings(BaseSettings):
         "timer_interval_seconds",
         "worker_poll_seconds",
         "webhook_timestamp_tolerance_seconds",
+        "ingest_group_events",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
         # NaN compares false both ways and infinity would park a timer forever: refuse both.
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("ingest_writers")
+    @classmethod
+    def _writers_in_range(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 32:
+            raise ValueError("must be a whole number from 1 to 32")
+        return value
+
+    @field_validator("api_key_cache_seconds")
+    @classmethod
+    def _cache_seconds(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0 <= value <= 3600):
+            raise ValueError("must be seconds from 0 (no cache) to 3600")
         return value
 
     @field_validator("delivery_retry_delays")
@@ -236,6 +259,12 @@ class Settings(BaseSettings):
         except ValueError:
             # Only reachable through model_construct(), which skips validation: parse on demand.
             self._retry_schedule = None
+
+    def writer_threads(self) -> int:
+        """Group-commit writers in force (see ``ingest_writers``)."""
+        if self.ingest_writers is not None:
+            return self.ingest_writers
+        return 1 if self.database_url.startswith("sqlite") else 2
 
     def resolved_rules_dir(self) -> Path:
         """The rules folder in force: explicit setting, else ./rules, else the bundled rules."""

@@ -22,6 +22,7 @@ from leadscore_api.api.metrics import Metrics
 from leadscore_api.config import Settings
 from leadscore_api.errors import Forbidden, Unauthenticated
 from leadscore_api.service.api_keys import Principal, admin_principal, key_principal
+from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.rulesets import RulesetRegistry
 
 
@@ -47,6 +48,11 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+async def get_ingest_writer(request: Request) -> GroupCommitter:
+    writer: GroupCommitter = request.app.state.ingest_writer
+    return writer
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -57,6 +63,7 @@ RegistryDep = Annotated[RulesetRegistry, Depends(get_registry)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+IngestWriterDep = Annotated[GroupCommitter, Depends(get_ingest_writer)]
 
 _bearer = HTTPBearer(
     auto_error=False,

@@ -6,20 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from leadscore_api import json_codec
 from leadscore_api.api.deps import (
     EventsWriter,
+    IngestWriterDep,
     MetricsDep,
-    RegistryDep,
-    SessionFactoryDep,
     SettingsDep,
 )
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.errors import InvalidJson
 from leadscore_api.ingest.parsing import parse_body
-from leadscore_api.service.ingestion import EventResult, run_ingest
+from leadscore_api.service.ingestion import EventResult
 
 router = APIRouter(tags=["events"])
 
@@ -101,8 +99,7 @@ async def post_events(
     _principal: EventsWriter,
     body: Annotated[Any, Depends(json_body)],
     settings: SettingsDep,
-    registry: RegistryDep,
-    session_factory: SessionFactoryDep,
+    writer: IngestWriterDep,
     metrics: MetricsDep,
 ) -> EventsOut:
     """Each event is stored once (its `id` is the idempotency key), scored, and recorded.
@@ -111,6 +108,6 @@ async def post_events(
     naming the field while the others are applied; a single invalid event is a 422 problem.
     """
     items, _is_batch = parse_body(body, settings.max_batch_size)
-    results = await run_in_threadpool(run_ingest, session_factory, registry, items)
+    results = await writer.submit(items)
     metrics.record_ingest(results)
     return EventsOut(results=[EventResultOut.of(result) for result in results])

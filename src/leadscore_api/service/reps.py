@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -230,6 +232,47 @@ def choose_rep(
     return chosen
 
 
+#: How long a team found with no rep for a kind of lead is not asked again for such a lead.
+NOBODY_RETRY_SECONDS = 5.0
+
+
+class _NobodyMemo:
+    """Teams recently found with no rep able to take a kind of lead, in this process.
+
+    Why: a team at capacity (or with no rep covering a region) answers "nobody" to every lead
+    routed to it, and asking cost four queries and the team's rep locks on every event of
+    every such lead: ingestion slowed by an order of magnitude exactly when sales was busiest.
+    The answer is kept a few seconds, and forgotten at once when this process changes the
+    directory; another replica's change is seen when the memo expires.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[str, LeadProfile], float] = {}
+        self._lock = threading.Lock()
+
+    def recently(self, key: tuple[str, LeadProfile]) -> bool:
+        until = self._until.get(key)
+        return until is not None and until > time.monotonic()
+
+    def remember(self, key: tuple[str, LeadProfile]) -> None:
+        with self._lock:
+            if len(self._until) > 10_000:
+                self._until.clear()
+            self._until[key] = time.monotonic() + NOBODY_RETRY_SECONDS
+
+    def forget(self) -> None:
+        with self._lock:
+            self._until.clear()
+
+
+_nobody = _NobodyMemo()
+
+
+def forget_unassignable() -> None:
+    """Ask the directory again for every lead: a rep was added, changed or freed."""
+    _nobody.forget()
+
+
 def assign_owner(
     session: Session,
     lead_id: str,
@@ -247,13 +290,17 @@ def assign_owner(
     """
     if not team:
         return None
-    if current_owner:
+    if current_owner and current_owner != team:
         current = reps_repo.get(session, current_owner)
         if current is not None and current.active and current.team == team:
             return current.id
+    key = (team, LeadProfile.of(attributes))
+    if _nobody.recently(key):
+        return None
     chosen = choose_rep(session, team, attributes)
     if chosen is None:
         log.info("lead %s: no rep of team %r can take it", lead_id, team)
+        _nobody.remember(key)
         return None
     return chosen.id
 
@@ -422,6 +469,7 @@ def _fill(rep: Rep, fields: RepFields) -> bool:
 @transactional
 def create_rep(session: Session, fields: RepFields, rep_id: str | None = None) -> RepView:
     """A new rep (source ``api``); :class:`RepExists` when the id is taken."""
+    forget_unassignable()
     if rep_id is not None and reps_repo.get(session, rep_id) is not None:
         raise RepExists(f"a rep with id {rep_id!r} already exists")
     now = utcnow()
@@ -480,6 +528,7 @@ def _change(session: Session, rep: Rep, changes: RepChanges) -> Reroute | None:
 @transactional
 def update_rep(session: Session, rep_id: str, changes: RepChanges) -> RepView:
     """Change some fields. A rep moved to another team hands its open leads to its old team."""
+    forget_unassignable()
     rep = _get(session, rep_id, lock=True)
     _change(session, rep, changes)
     return _view(session, rep)
@@ -514,6 +563,7 @@ def deactivate_rep(session: Session, rep_id: str) -> Deactivation:
 @transactional
 def activate_rep(session: Session, rep_id: str) -> RepView:
     """Put the rep back into routing (its former leads stay with their new owners)."""
+    forget_unassignable()
     rep = _get(session, rep_id, lock=True)
     if not rep.active:
         rep.active = True
@@ -589,6 +639,7 @@ def apply_directory(session: Session, directory: DirectoryFile) -> SyncReport:
     ``active: false``, are deactivated and their open leads re-routed; reps created through the
     API and not in the file are left alone. Team strategies become exactly the file's.
     """
+    forget_unassignable()
     report = SyncReport()
     now = utcnow()
     # First, so that the leads of reps leaving the directory move by the file's strategies.

@@ -98,6 +98,7 @@ def score_lead(
     as_of = max(now, latest)
     stored_events: list[ScoringEvent] | None = None
     final: dict[str, ScoreResult] = {}
+    summaries: dict[str, dict[str, Any]] = {}
 
     for loaded in registry.ordered():
         scorer = loaded.scorer
@@ -113,7 +114,7 @@ def score_lead(
                 for position, event in enumerate(ordered_new):
                     scorer.apply(state, event)
                     if position < len(ordered_new) - 1:
-                        steps.append(_Step(event, scorer.evaluate(state, event.occurred_at)))
+                        steps.append(_Step.of(event, scorer.evaluate(state, event.occurred_at)))
             except OutOfOrderEvent:
                 must_replay = True
                 steps.clear()
@@ -126,9 +127,13 @@ def score_lead(
             state, result = scorer.replay(stored_events, as_of)
         else:
             result = scorer.evaluate(state, as_of)
-        steps.append(_Step(ordered_new[-1] if ordered_new else None, result))
+        last_step = _Step.of(ordered_new[-1] if ordered_new else None, result)
+        steps.append(last_step)
         final[loaded.name] = result
-        summary = result.summary()
+        # The step's own dict: the assignee is added to it, and it is stored as the row's
+        # summary and as the history row's ``current``, all the same value.
+        summary = last_step.summary
+        summaries[loaded.name] = summary
         is_primary = loaded.name == registry.primary_name
 
         if is_primary and _timers_changed(previous, summary):
@@ -180,7 +185,9 @@ def score_lead(
     # A sweep that finds nothing visible keeps updated_at: CRMs syncing with updated_since
     # must not fetch every lead each time its decimals fade a little.
     touch = visible_change or cause != "time"
-    _apply_summary(lead, registry, primary, final, now, touch=touch, assignee=primary_assignee)
+    _apply_summary(
+        lead, registry, primary, final, summaries, now, touch=touch, assignee=primary_assignee
+    )
     pending.leads.append(lead)
     for event_id, transitions in update_.transitions.items():
         _enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
@@ -193,6 +200,12 @@ class _Step:
 
     event: ScoringEvent | None
     result: ScoreResult
+    #: ``result.summary()``, built once: it is compared, stored and written to the history.
+    summary: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: ScoringEvent | None, result: ScoreResult) -> _Step:
+        return cls(event, result, result.summary())
 
 
 def _record_changes(
@@ -217,7 +230,7 @@ def _record_changes(
     for position, step in enumerate(steps):
         if step.event is not None:
             folded.append(step.event.id)
-        summary = step.result.summary()
+        summary = step.summary
         if is_primary and position == len(steps) - 1:
             summary["assignee"] = assignee
         if before is not None and _visible(summary) == _visible(before):
@@ -306,12 +319,13 @@ def _apply_summary(
     registry: RulesetRegistry,
     primary: ScoreResult,
     final: dict[str, ScoreResult],
+    summaries: dict[str, dict[str, Any]],
     now: datetime,
     *,
     touch: bool,
     assignee: str | None,
 ) -> None:
-    summary = primary.summary()
+    summary = summaries[registry.primary_name]
     lead.attributes = dict(primary.attributes)
     lead.letter = primary.letter
     lead.score = primary.score
@@ -326,7 +340,7 @@ def _apply_summary(
     lead.ruleset_name = registry.primary.name
     lead.ruleset_version = registry.primary.version
     lead.models = {
-        name: {**result.summary(), "ruleset": {"name": name, "version": result.version}}
+        name: {**summaries[name], "ruleset": {"name": name, "version": result.version}}
         for name, result in final.items()
         if name != registry.primary_name
     }

@@ -1,0 +1,138 @@
+"""Group commit: concurrent ingest requests share transactions, never each other's failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from tests.api.helpers import BIG_MANUFACTURER, event
+
+from leadscore_api.ingest.parsing import IngestItem, parse_body
+from leadscore_api.service.group_commit import GroupCommitter
+from leadscore_api.service.ingestion import EventResult, ingest_events
+from leadscore_api.service.rulesets import RulesetRegistry
+from leadscore_api.storage.models import Event
+
+
+def _items(*events: dict[str, object]) -> list[IngestItem]:
+    body = {"events": list(events)} if len(events) > 1 else events[0]
+    items, _ = parse_body(body, 1000)
+    return items
+
+
+def _stored(factory: sessionmaker[Session], event_id: str) -> bool:
+    with factory() as session:
+        return session.get(Event, event_id) is not None
+
+
+def _count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return session.scalar(select(func.count()).select_from(Event)) or 0
+
+
+def _committer(app: FastAPI, **kwargs: object) -> GroupCommitter:
+    return GroupCommitter(app.state.session_factory, app.state.registry, **kwargs)  # type: ignore[arg-type]
+
+
+def test_concurrent_requests_share_transactions_and_are_committed_when_answered(
+    app: FastAPI, client: TestClient
+) -> None:
+    factory: sessionmaker[Session] = app.state.read_session_factory
+    committer = _committer(app)
+    answered_and_stored: list[bool] = []
+
+    async def one(n: int) -> list[EventResult]:
+        results = await committer.submit(
+            _items(event(id=f"gc-{n}", email=f"lead{n % 7}@gc.example", minutes=n))
+        )
+        # The answer comes after the commit: another connection sees the row already.
+        answered_and_stored.append(_stored(factory, f"gc-{n}"))
+        return results
+
+    async def all_of_them() -> list[list[EventResult]]:
+        return await asyncio.gather(*(one(n) for n in range(30)))
+
+    try:
+        answers = asyncio.run(all_of_them())
+    finally:
+        committer.close()
+    assert [r[0].status for r in answers] == ["accepted"] * 30
+    assert [r[0].id for r in answers] == [f"gc-{n}" for n in range(30)]
+    assert all(answered_and_stored)
+    assert _count(factory) == 30
+    assert committer.grouped_requests == 30
+    assert committer.groups < 30, "waiting requests were not grouped"
+
+
+def test_a_request_whose_transaction_fails_does_not_fail_the_others(
+    app: FastAPI, client: TestClient
+) -> None:
+    def ingest(
+        session: Session, registry: RulesetRegistry, items: Sequence[IngestItem]
+    ) -> list[EventResult]:
+        results = ingest_events(session, registry, items)
+        if any(getattr(item, "id", None) == "poison" for item in items):
+            raise RuntimeError("this request's data broke the transaction")
+        return results
+
+    factory: sessionmaker[Session] = app.state.read_session_factory
+    committer = _committer(app, ingest=ingest)
+
+    async def run() -> list[list[EventResult] | BaseException]:
+        requests = [_items(event(id=f"ok-{n}", email=f"ok{n}@gc.example")) for n in range(10)]
+        requests.insert(5, _items(event(id="poison", email="bad@gc.example")))
+        return await asyncio.gather(
+            *(committer.submit(items) for items in requests), return_exceptions=True
+        )
+
+    try:
+        answers = asyncio.run(run())
+    finally:
+        committer.close()
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    assert len(failed) == 1 and "broke the transaction" in str(failed[0])
+    assert not _stored(factory, "poison")
+    for n in range(10):
+        assert _stored(factory, f"ok-{n}")
+    assert _count(factory) == 10
+
+
+def test_the_same_event_in_two_concurrent_requests_is_stored_once(
+    app: FastAPI, client: TestClient
+) -> None:
+    committer = _committer(app)
+    twin = event(id="twin-1", email="twin@gc.example", attributes=BIG_MANUFACTURER)
+
+    async def run() -> list[list[EventResult]]:
+        return await asyncio.gather(committer.submit(_items(twin)), committer.submit(_items(twin)))
+
+    try:
+        first, second = asyncio.run(run())
+    finally:
+        committer.close()
+    assert sorted([first[0].status, second[0].status]) == ["accepted", "duplicate"]
+    assert first[0].lead_id == second[0].lead_id is not None
+    assert _count(app.state.read_session_factory) == 1
+
+
+def test_a_closed_committer_refuses_new_requests(app: FastAPI, client: TestClient) -> None:
+    committer = _committer(app)
+    committer.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(committer.submit(_items(event(id="late"))))
+
+
+def test_the_events_route_goes_through_the_apps_committer(app: FastAPI, client: TestClient) -> None:
+    committer: GroupCommitter = app.state.ingest_writer
+    before = committer.grouped_requests
+    for n in range(3):
+        response = client.post("/v1/events", json=event(id=f"route-{n}", minutes=n))
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["status"] == "accepted"
+    assert committer.grouped_requests == before + 3
+    assert _count(app.state.read_session_factory) == 3
