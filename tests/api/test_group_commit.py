@@ -108,7 +108,7 @@ def test_the_same_event_in_two_concurrent_requests_is_stored_once(
     committer = _committer(app)
     twin = event(id="twin-1", email="twin@gc.example", attributes=BIG_MANUFACTURER)
 
-    async def run() -> list[list[EventResult]]:
+    async def run() -> tuple[list[EventResult], list[EventResult]]:
         return await asyncio.gather(committer.submit(_items(twin)), committer.submit(_items(twin)))
 
     try:
