@@ -32,6 +32,7 @@ from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service.api_keys import PrincipalCache
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.reps import directory_file_for, sync_directory
@@ -124,6 +125,7 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.ingest_writer = ingest_writer
+    app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
     app.state.started = False
 
     install_problem_handlers(app)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from leadscore_api.api.deps import KeysAdmin, ReadSessionDep, SessionFactoryDep
+from leadscore_api.api.deps import KeyCacheDep, KeysAdmin, ReadSessionDep, SessionFactoryDep
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.service import api_keys as service
 from leadscore_api.storage.models import ApiKey
@@ -86,7 +86,9 @@ def list_api_keys(_principal: KeysAdmin, session: ReadSessionDep) -> ApiKeyList:
 def revoke_api_key(
     _principal: KeysAdmin,
     session_factory: SessionFactoryDep,
+    key_cache: KeyCacheDep,
     key_id: Annotated[str, Path(max_length=40)],
 ) -> Response:
     service.revoke_key(session_factory, key_id)
+    key_cache.forget(key_id)
     return Response(status_code=204)

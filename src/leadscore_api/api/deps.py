@@ -21,7 +21,12 @@ from starlette.concurrency import run_in_threadpool
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.config import Settings
 from leadscore_api.errors import Forbidden, Unauthenticated
-from leadscore_api.service.api_keys import Principal, admin_principal, key_principal
+from leadscore_api.service.api_keys import (
+    Principal,
+    PrincipalCache,
+    admin_principal,
+    key_principal,
+)
 from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.rulesets import RulesetRegistry
 
@@ -53,6 +58,11 @@ async def get_ingest_writer(request: Request) -> GroupCommitter:
     return writer
 
 
+async def get_key_cache(request: Request) -> PrincipalCache:
+    cache: PrincipalCache = request.app.state.key_cache
+    return cache
+
+
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
@@ -64,6 +74,7 @@ SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 IngestWriterDep = Annotated[GroupCommitter, Depends(get_ingest_writer)]
+KeyCacheDep = Annotated[PrincipalCache, Depends(get_key_cache)]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -98,8 +109,13 @@ class RequireScope:
         factory: sessionmaker[Session] = request.app.state.read_session_factory
         presented = credentials.credentials
         principal = admin_principal(presented, settings.admin_api_key)
+        cache: PrincipalCache = request.app.state.key_cache
+        if principal is None:
+            principal = cache.get(presented)
         if principal is None:
             principal = await run_in_threadpool(_stored_key_principal, factory, presented)
+            if principal is not None:
+                cache.put(presented, principal)
         if principal is None:
             raise Unauthenticated(
                 "the API key is not valid (unknown, malformed or revoked)",
