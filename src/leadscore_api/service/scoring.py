@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from leadscore_api import json_codec
 from leadscore_api.scoring import (
     LeadState,
     LoadedRuleset,
@@ -29,6 +30,7 @@ from leadscore_api.service.delivery import enqueue_transitions, lead_view
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.timers import plan_timers
 from leadscore_api.storage.repositories import leads as leads_repo
+from leadscore_api.storage.repositories import snapshots as snapshots_repo
 from leadscore_api.storage.repositories import subscriptions as subscriptions_repo
 from leadscore_api.storage.repositories import timers as timers_repo
 from leadscore_api.storage.repositories.leads import LeadData, ScoreData
@@ -42,6 +44,7 @@ class PendingWrites:
     scores: list[ScoreData] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     timers: list[timers_repo.TimerPlan] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
     #: Whether any subscription is enabled, asked once per request when a transition occurs.
     has_subscriptions: bool | None = None
 
@@ -50,6 +53,8 @@ class PendingWrites:
         leads_repo.write_scores(session, self.scores)
         leads_repo.insert_history(session, self.history)
         timers_repo.write_timers(session, self.timers)
+        snapshots_repo.insert_snapshots(session, self.snapshots)
+        self.snapshots.clear()
         self.leads.clear()
         self.scores.clear()
         self.history.clear()
@@ -96,7 +101,6 @@ def score_lead(
     ordered_new = sorted(new_events, key=lambda e: (e.occurred_at, e.id))
     latest = max((e.occurred_at for e in ordered_new), default=now)
     as_of = max(now, latest)
-    stored_events: list[ScoringEvent] | None = None
     final: dict[str, ScoreResult] = {}
     summaries: dict[str, dict[str, Any]] = {}
 
@@ -108,25 +112,35 @@ def score_lead(
         must_replay = must_replay or (row is not None and row.ruleset_sha256 != loaded.sha256)
         state: LeadState | None = None
         steps: list[_Step] = []
+        snapshots: list[dict[str, Any]] = []
         if not must_replay:
             state = LeadState.from_json(row.state) if row is not None else scorer.new_state()
             try:
                 for position, event in enumerate(ordered_new):
                     scorer.apply(state, event)
+                    _take_snapshot(snapshots, lead.id, loaded, state, event)
                     if position < len(ordered_new) - 1:
                         steps.append(_Step.of(event, scorer.evaluate(state, event.occurred_at)))
             except OutOfOrderEvent:
                 must_replay = True
                 steps.clear()
+                snapshots.clear()
         if must_replay or state is None:
-            if stored_events is None:
-                stored_events = leads_repo.lead_events(session, lead.id)
-                # Never score "as of" a moment before a stored event: a concurrent writer's
-                # clock (or a tolerated future timestamp) may be ahead of ours.
-                as_of = max([as_of, *(e.occurred_at for e in stored_events)])
-            state, result = scorer.replay(stored_events, as_of)
+            # From the nearest snapshot before the earliest new event, unless the stored state
+            # cannot be trusted (other rules, a merge, no state yet): then from the start.
+            from_start = replay or row is None or row.ruleset_sha256 != loaded.sha256
+            state, as_of = _replay(
+                session,
+                loaded,
+                lead.id,
+                None if from_start or not ordered_new else ordered_new[0],
+                as_of,
+                snapshots,
+            )
+            result = scorer.evaluate(state, as_of)
         else:
             result = scorer.evaluate(state, as_of)
+        pending.snapshots.extend(snapshots)
         last_step = _Step.of(ordered_new[-1] if ordered_new else None, result)
         steps.append(last_step)
         final[loaded.name] = result
@@ -192,6 +206,74 @@ def score_lead(
     for event_id, transitions in update_.transitions.items():
         _enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
     return update_
+
+
+#: Events between two snapshots of a lead's state: a late event replays at most this many
+#: events besides those that happened after it.
+SNAPSHOT_EVERY = 200
+
+
+def _take_snapshot(
+    snapshots: list[dict[str, Any]],
+    lead_id: str,
+    loaded: LoadedRuleset,
+    state: LeadState,
+    event: ScoringEvent,
+) -> None:
+    """Copy the state every ``SNAPSHOT_EVERY`` events (serialised now: the state moves on)."""
+    if state.n_events % SNAPSHOT_EVERY:
+        return
+    snapshots.append(
+        {
+            "lead_id": lead_id,
+            "ruleset_name": loaded.name,
+            "n_events": state.n_events,
+            "ruleset_sha256": loaded.sha256,
+            "event_occurred_at": event.occurred_at,
+            "event_id": event.id,
+            "state": json_codec.loads(json_codec.dumps(state.to_json())),
+        }
+    )
+
+
+def _replay(
+    session: Session,
+    loaded: LoadedRuleset,
+    lead_id: str,
+    first_new: ScoringEvent | None,
+    as_of: datetime,
+    snapshots: list[dict[str, Any]],
+) -> tuple[LeadState, datetime]:
+    """The lead's state rebuilt from its stored events, and the moment to score it as of.
+
+    With ``first_new`` (the earliest event not yet folded in) it starts from the nearest
+    snapshot before that event and reads only the events after the snapshot; without, or when
+    there is none, from the lead's first event. Snapshots after the starting point are
+    dropped and taken again on the way, since events now sit between them.
+    """
+    scorer = loaded.scorer
+    base = None
+    if first_new is not None:
+        base = snapshots_repo.nearest_before(
+            session, lead_id, loaded.name, loaded.sha256, first_new.occurred_at, first_new.id
+        )
+    if base is None:
+        snapshots_repo.drop(session, lead_id, loaded.name)
+        state = scorer.new_state()
+        events = leads_repo.lead_events(session, lead_id)
+    else:
+        snapshots_repo.drop(session, lead_id, loaded.name, after=base.n_events)
+        state = LeadState.from_json(base.state)
+        events = leads_repo.lead_events(
+            session, lead_id, after=(base.event_occurred_at, base.event_id)
+        )
+    # Never score "as of" a moment before a stored event: a concurrent writer's clock (or a
+    # tolerated future timestamp) may be ahead of ours.
+    as_of = max([as_of, *(e.occurred_at for e in events)])
+    for event in events:
+        scorer.apply(state, event)
+        _take_snapshot(snapshots, lead_id, loaded, state, event)
+    return state, as_of
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from leadscore_api.storage.models import (
     Outcome,
     ScoreChange,
 )
+from leadscore_api.storage.repositories import snapshots as snapshots_repo
 from leadscore_api.storage.unit_of_work import RetryTransaction
 
 LEADS_TABLE: Table = Base.metadata.tables["leads"]
@@ -345,14 +346,17 @@ def insert_history(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         session.connection().execute(_INSERT_HISTORY, list(rows))
 
 
-def lead_events(session: Session, lead_id: str) -> list[ScoringEvent]:
-    """Every stored event of a lead, in the order the core replays them."""
-    rows = session.execute(
-        select(Event.id, Event.type, Event.occurred_at, Event.properties, Event.attributes)
-        .where(Event.lead_id == lead_id)
-        .order_by(Event.occurred_at, Event.id)
-    )
-    return [
+def lead_events(
+    session: Session, lead_id: str, *, after: tuple[datetime, str] | None = None
+) -> list[ScoringEvent]:
+    """The stored events of a lead (those after ``after``: occurred_at, id), in the order the
+    core applies them: by time, then id in Python's order (a collation may differ)."""
+    statement = select(
+        Event.id, Event.type, Event.occurred_at, Event.properties, Event.attributes
+    ).where(Event.lead_id == lead_id)
+    if after is not None:
+        statement = statement.where(Event.occurred_at >= after[0])
+    events = [
         ScoringEvent(
             id=row.id,
             type=row.type,
@@ -360,8 +364,12 @@ def lead_events(session: Session, lead_id: str) -> list[ScoringEvent]:
             properties=row.properties or {},
             attributes=row.attributes or {},
         )
-        for row in rows
+        for row in session.execute(statement)
     ]
+    if after is not None:
+        events = [e for e in events if (e.occurred_at, e.id) > after]
+    events.sort(key=lambda e: (e.occurred_at, e.id))
+    return events
 
 
 # -- CRM reads ---------------------------------------------------------------------------------
@@ -460,7 +468,8 @@ def move_lead_rows(session: Session, from_id: str, to_id: str) -> None:
 
 
 def delete_lead(session: Session, lead_id: str) -> None:
-    """The lead row and its scores (its other rows were moved or deleted before)."""
+    """The lead row, its scores and snapshots (its other rows were moved or deleted before)."""
+    snapshots_repo.drop_lead(session, lead_id)
     session.execute(delete(LeadScore).where(LeadScore.lead_id == lead_id))
     session.execute(delete(Lead).where(Lead.id == lead_id))
 
@@ -479,6 +488,7 @@ def erase_personal_rows(session: Session, lead_id: str) -> dict[str, int]:
             or 0
         )
         session.execute(delete(model).where(model.lead_id == lead_id))
+    snapshots_repo.drop_lead(session, lead_id)
     return counts
 
 
