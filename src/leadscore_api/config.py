@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     #: start-up (the bundled folder's file included, so routing reaches a person out of the box).
     sync_rep_directory: bool = True
     worker_poll_seconds: float = 0.5
+    #: uvicorn's access log, one line per request (off: /metrics still counts every request).
+    access_log: bool = True
     #: Writer threads that run ingest requests together (group commit); unset: 1 on SQLite,
     #: which has a single writer anyway, 2 elsewhere (one group's round trips overlap another's).
     ingest_writers: int | None = None

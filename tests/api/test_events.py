@@ -292,3 +292,16 @@ def test_internal_event_types_and_unicode_survive(client: TestClient) -> None:
     )
     lead = lead_of(client, result["lead_id"])
     assert lead["attributes"]["company"] == "Caffè Ñandú"
+
+
+def test_the_encoded_answer_matches_the_documented_result_model() -> None:
+    """The route encodes results itself; they must stay what ``EventResultOut`` documents."""
+    from leadscore_api.api.events import EventResultOut, _result_json
+    from leadscore_api.service.ingestion import EventResult
+
+    for result in (
+        EventResult("e1", "accepted", lead_id="lead_1", warning="look", unknown_type=True),
+        EventResult(None, "rejected", error="occurred_at: is missing"),
+        EventResult("e2", "duplicate", lead_id="lead_2"),
+    ):
+        assert _result_json(result) == EventResultOut.of(result).model_dump()

@@ -88,9 +88,16 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
             port=port,
             workers=workers,
             proxy_headers=True,
+            access_log=settings.access_log,
         )
     else:
-        uvicorn.run(served_app(settings), host=host, port=port, proxy_headers=True)
+        uvicorn.run(
+            served_app(settings),
+            host=host,
+            port=port,
+            proxy_headers=True,
+            access_log=settings.access_log,
+        )
 
 
 def served_app(settings: Settings | None = None) -> FastAPI:
