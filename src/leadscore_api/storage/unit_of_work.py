@@ -1,5 +1,9 @@
 """The unit of work: one transaction per piece of work, run again when a concurrent writer won.
 
+A piece of work is usually one request; concurrent ``POST /v1/events`` requests share one
+(``service/group_commit.py``). Either way each request's effects are atomic and durable before
+it is answered.
+
 Every write of the service goes through :func:`in_transaction`, so every write gets the same
 answer to contention. Races are expected when several replicas create the same new leads at
 once (an identity's unique key decides who wins) and on PostgreSQL's serialization failures and
