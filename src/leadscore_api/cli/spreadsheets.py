@@ -166,3 +166,62 @@ def export_command(
         else:
             count = lead_export.write_csv(factory, filters, output)
     click.echo(f"{output}: {count} leads", err=True)
+
+
+@click.command("demo")
+@click.option("--leads", "count", default=3000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same quarter.")
+@click.option("--force", is_flag=True, help="Add the demo even if the database has leads.")
+@click.option(
+    "--costs-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the acquisition costs (source, month, amount_eur) to this CSV file.",
+)
+def demo_command(count: int, seed: int, force: bool, costs_csv: Path | None) -> None:
+    """Fill the configured database with a realistic quarter of leads, events and outcomes.
+
+    Everything goes through the real ingestion path, so scores, history, stages and routing
+    are what the service would have computed. Refuses a database that already has leads.
+    """
+    import csv
+
+    from leadscore_api.errors import LeadscoreError
+    from leadscore_api.service.demo import run_demo
+    from leadscore_api.storage.db import make_engine, make_session_factory
+    from leadscore_api.storage.migrate import upgrade_database
+
+    settings = checked_settings()
+    registry = checked_rulesets(settings)
+    upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        report = run_demo(
+            make_session_factory(engine),
+            make_session_factory(engine, read_only=True),
+            registry,
+            leads=count,
+            seed=seed,
+            force=force,
+        )
+    except LeadscoreError as exc:
+        _problem(exc)
+    finally:
+        engine.dispose()
+    letters = ", ".join(f"{k} {v}" for k, v in report.letters.items())
+    click.echo(
+        f"demo: {report.leads} leads ({letters}), {report.events} events in"
+        f" {report.seconds:.1f} s\n"
+        f"  MQL {report.mql}, SQL {report.sql}, contacted {report.contacted}"
+        f" ({report.contacted_late} after more than 4 h), opportunities {report.opportunities},"
+        f" won {report.won}, lost {report.lost}"
+    )
+    if costs_csv is not None or not report.costs_stored:
+        target = costs_csv or Path("leadscore-demo-costs.csv")
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["source", "month", "amount_eur"])
+            writer.writerows(report.costs)
+        click.echo(f"  acquisition costs: {len(report.costs)} rows written to {target}")
+    else:
+        click.echo(f"  acquisition costs: {len(report.costs)} rows stored")
