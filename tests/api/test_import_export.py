@@ -186,6 +186,8 @@ def test_bad_rows_are_listed_by_row_and_column_and_nothing_is_imported(
         ('{"E-mail": null}', "column_map", "no column is the email or the external_id"),
         ('["Ruolo"]', "column_map", "must be a JSON object"),
         ("{nope", "column_map", "not valid JSON"),
+        ('{"\\ud800": "role"}', "column_map", "invalid character"),
+        ('{"Ruolo": NaN}', "column_map", "not valid JSON"),
     ],
 )
 def test_a_wrong_column_map_is_a_422_naming_the_entry(

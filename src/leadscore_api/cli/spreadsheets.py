@@ -84,6 +84,7 @@ def import_command(
     """
     from leadscore_api.errors import LeadscoreError
     from leadscore_api.service import lead_import
+    from leadscore_api.storage.base import utcnow
 
     settings = checked_settings()
     registry = checked_rulesets(settings)
@@ -92,13 +93,16 @@ def import_command(
             column_map=_column_map(map_json, pairs), sheet=sheet, encoding=encoding
         )
         with _database(settings) as factory:
-            report = lead_import.check_file(path, options)
+            now = utcnow()
+            report = lead_import.check_file(path, options, now=now)
             _print_report(report)
             if not report.ok:
                 sys.exit(1)
             if dry_run:
                 return
-            report = lead_import.import_file(factory, registry, path, options)
+            report = lead_import.import_file(
+                factory, registry, path, options, now=now, checked=report
+            )
     except LeadscoreError as exc:
         _problem(exc)
     click.echo(

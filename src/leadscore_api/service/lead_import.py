@@ -315,7 +315,18 @@ def _xlsx_rows(path: Path, sheet: str | None) -> Iterator[list[Any]]:
         worksheet = workbook[sheet] if sheet is not None else workbook.worksheets[0]
         if not hasattr(worksheet, "iter_rows"):
             raise InvalidInput.field("sheet", f"{worksheet.title!r} is a chart, not a sheet")
-        for values in worksheet.iter_rows(values_only=True):
+        rows = worksheet.iter_rows(values_only=True)
+        number = 0
+        while True:
+            try:
+                values = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # a damaged sheet fails only when its rows are read
+                raise UnreadableFile.file(
+                    f"XLSX row {number + 1} cannot be read ({type(exc).__name__}: {exc})"
+                ) from None
+            number += 1
             yield list(values)
     finally:
         workbook.close()
@@ -361,7 +372,7 @@ def parse_column_map(text: str | None) -> dict[str, str | None]:
     if text is None or not text.strip():
         return {}
     try:
-        data = json_codec.loads(text)
+        data = json_codec.parse(text)
     except ValueError:
         raise ColumnMapError.field("column_map", "is not valid JSON") from None
     if not isinstance(data, dict):
@@ -371,6 +382,14 @@ def parse_column_map(text: str | None) -> dict[str, str | None]:
         )
     out: dict[str, str | None] = {}
     for header, target in data.items():
+        try:
+            header.encode("utf-8")
+            if target is not None and isinstance(target, str):
+                target.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ColumnMapError.field(
+                "column_map", "contains an invalid character (a lone surrogate)"
+            ) from None
         if target is not None and not isinstance(target, str):
             raise ColumnMapError.field(
                 f"column_map.{header}", "must be an attribute name, or null to ignore the column"
@@ -738,14 +757,18 @@ def import_file(
     *,
     dry_run: bool = False,
     now: datetime | None = None,
+    checked: ImportReport | None = None,
 ) -> ImportReport:
     """Check the file; when every row is good (and not ``dry_run``), import it in chunks.
+
+    ``checked`` is the report of a check just made with the same ``now`` (the CLI prints it
+    before importing), so the file is not read a third time.
 
     Raises :class:`ImportRejected` (nothing imported) when a row has a problem and this is not
     a dry run; a dry run returns the report with its problems instead.
     """
     now = now or utcnow()
-    report = check_file(path, options, now=now)
+    report = checked if checked is not None else check_file(path, options, now=now)
     report.dry_run = dry_run
     if dry_run:
         return report
