@@ -410,3 +410,16 @@ def test_cli_import_and_export(tmp_path: Path, database_url: str) -> None:
     result = runner.invoke(main, ["export"], env=env)
     assert result.exit_code == 0
     assert len(read_csv(result.stdout)) == 3
+
+
+def test_a_row_naming_two_leads_is_imported_with_a_warning(client: TestClient) -> None:
+    header = ["email", "external_id", "role"]
+    assert upload(client, csv_bytes([["a@x.it", "crm-a", "CEO"]], header)).json()["imported"] == 1
+    assert upload(client, csv_bytes([["b@x.it", "crm-b", "CEO"]], header)).json()["imported"] == 1
+    body = upload(client, csv_bytes([["a@x.it", "crm-b", "CFO"]], header)).json()
+    assert body["imported"] == 1
+    [warning] = body["warnings"]
+    assert warning["row"] == 2
+    assert "crm-b" in warning["message"] and "merge" in warning["message"]
+    assert lead_by_email(client, "a@x.it")["attributes"]["role"] == "CFO"
+    assert lead_by_email(client, "b@x.it")["attributes"]["role"] == "CEO"

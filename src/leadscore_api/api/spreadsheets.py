@@ -46,6 +46,10 @@ class ImportOut(BaseModel):
     imported: int = Field(description="Rows stored and scored now.")
     unchanged: int = Field(description="Rows imported before (same content): nothing to do.")
     rejected: int
+    warnings: list[RowError] = Field(
+        description="Rows imported with a remark (the first 100), e.g. an email and an"
+        " external id that belong to two different leads: the row went to the email's lead."
+    )
 
     @classmethod
     def of(cls, report: lead_import.ImportReport) -> ImportOut:
@@ -62,6 +66,7 @@ class ImportOut(BaseModel):
             imported=report.imported,
             unchanged=report.unchanged,
             rejected=report.rejected,
+            warnings=[RowError(row=r, column=None, message=m) for r, m in report.warnings],
         )
 
 

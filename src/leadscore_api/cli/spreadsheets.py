@@ -105,6 +105,8 @@ def import_command(
             )
     except LeadscoreError as exc:
         _problem(exc)
+    for row, remark in report.warnings:
+        click.echo(f"row {row}\twarning\t{remark}", err=True)
     click.echo(
         f"{path}: imported {report.imported}, unchanged {report.unchanged},"
         f" rejected {report.rejected}"

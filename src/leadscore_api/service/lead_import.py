@@ -231,6 +231,9 @@ class ImportReport:
     imported: int = 0
     unchanged: int = 0
     rejected: int = 0
+    #: Rows imported with a remark, e.g. an email and an external id of two different leads
+    #: (the row went to the email's lead): ``(row, remark)``, the first 100.
+    warnings: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -785,13 +788,16 @@ def import_file(
     def flush() -> None:
         if not chunk:
             return
-        for result in run_ingest(session_factory, registry, chunk):
+        for event, result in zip(chunk, run_ingest(session_factory, registry, chunk), strict=True):
             if result.status == "accepted":
                 report.imported += 1
             elif result.status == "duplicate":
                 report.unchanged += 1
             else:
                 report.rejected += 1
+            remark = result.warning or result.error
+            if remark and len(report.warnings) < 100:
+                report.warnings.append((int(event.properties["row"]), remark))
         chunk.clear()
 
     def on_row(row_number: int, row: _Row) -> None:
