@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 from openpyxl import Workbook, load_workbook
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from tests.conftest import MakeApiKey, auth
+from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
 
+from leadscore_api.app import create_app
 from leadscore_api.cli import main
 from leadscore_api.service.lead_import import ImportOptions, check_file
+from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import Event, Lead
 
 HEADER = ["E-mail", "Nome", "Ruolo", "Settore", "Dipendenti", "Fatturato", "Regione", "Note"]
@@ -423,3 +425,14 @@ def test_a_row_naming_two_leads_is_imported_with_a_warning(client: TestClient) -
     assert "crm-b" in warning["message"] and "merge" in warning["message"]
     assert lead_by_email(client, "a@x.it")["attributes"]["role"] == "CFO"
     assert lead_by_email(client, "b@x.it")["attributes"]["role"] == "CEO"
+
+
+def test_an_upload_over_the_body_limit_is_a_413(database_url: str) -> None:
+    settings = make_settings(database_url, max_body_bytes=4096)
+    upgrade_database(database_url)
+    rows = [[f"p{i}@x.it", "", "CEO", "IT", "10", "", "Lazio", ""] for i in range(400)]
+    with TestClient(create_app(settings), headers=auth(TEST_ADMIN_KEY)) as limited:
+        response = upload(limited, csv_bytes(rows))
+        assert response.status_code == 413
+        assert response.json()["type"] == "urn:leadscore:problem:body-too-large"
+        assert limited.get("/v1/leads").json()["items"] == []
