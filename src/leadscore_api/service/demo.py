@@ -139,8 +139,8 @@ PROFILES: dict[str, tuple[tuple[str, bool, bool, bool], ...]] = {
 }
 #: Engagement (low, medium, high) by letter: good fits read more, as buyers do.
 INTENT_BY_LETTER = {
-    "A": (0.20, 0.28, 0.52),
-    "B": (0.66, 0.16, 0.18),
+    "A": (0.18, 0.27, 0.55),
+    "B": (0.72, 0.10, 0.18),
     "C": (0.70, 0.22, 0.08),
     "D": (0.78, 0.17, 0.05),
 }
