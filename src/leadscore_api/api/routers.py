@@ -12,6 +12,7 @@ from leadscore_api.api import (
     leads,
     reps,
     rulesets,
+    spreadsheets,
     subscriptions,
     webhooks,
 )
@@ -19,6 +20,8 @@ from leadscore_api.api import (
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     events.router,
+    # Before leads: /v1/leads/export is not the lead with id "export".
+    spreadsheets.router,
     leads.router,
     rulesets.router,
     api_keys.router,

@@ -7,6 +7,7 @@ import click
 from leadscore_api.cli.reps import reps
 from leadscore_api.cli.rules import rules
 from leadscore_api.cli.serve import apikey, serve
+from leadscore_api.cli.spreadsheets import demo_command, export_command, import_command
 from leadscore_api.cli.worker import worker
 
 
@@ -21,3 +22,6 @@ main.add_command(serve)
 main.add_command(apikey)
 main.add_command(worker)
 main.add_command(reps)
+main.add_command(import_command)
+main.add_command(export_command)
+main.add_command(demo_command)
