@@ -129,7 +129,11 @@ def create_app(
     app.state.started = False
 
     install_problem_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        path_limits={"/v1/leads/import": settings.max_import_bytes},
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     for router in ROUTERS:

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     admin_api_key: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_batch_size: int = 1000
+    #: Bodies of ``POST /v1/leads/import`` (a spreadsheet, spooled to a temporary file).
+    max_import_bytes: int = 50 * 1024 * 1024
     webhook_allow_private_targets: bool = False
     delivery_retry_delays: str = ",".join(str(d) for d in DEFAULT_RETRY_DELAYS)
     delivery_timeout_seconds: float = 15.0
@@ -141,6 +143,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "max_body_bytes",
+        "max_import_bytes",
         "max_batch_size",
         "delivery_timeout_seconds",
         "delivery_disable_after_days",

@@ -427,8 +427,9 @@ def test_a_row_naming_two_leads_is_imported_with_a_warning(client: TestClient) -
     assert lead_by_email(client, "b@x.it")["attributes"]["role"] == "CEO"
 
 
-def test_an_upload_over_the_body_limit_is_a_413(database_url: str) -> None:
-    settings = make_settings(database_url, max_body_bytes=4096)
+def test_an_upload_over_the_import_limit_is_a_413(database_url: str) -> None:
+    """Uploads have their own limit (LEADSCORE_MAX_IMPORT_BYTES), not the JSON bodies' one."""
+    settings = make_settings(database_url, max_body_bytes=1024, max_import_bytes=4096)
     upgrade_database(database_url)
     rows = [[f"p{i}@x.it", "", "CEO", "IT", "10", "", "Lazio", ""] for i in range(400)]
     with TestClient(create_app(settings), headers=auth(TEST_ADMIN_KEY)) as limited:
@@ -436,3 +437,17 @@ def test_an_upload_over_the_body_limit_is_a_413(database_url: str) -> None:
         assert response.status_code == 413
         assert response.json()["type"] == "urn:leadscore:problem:body-too-large"
         assert limited.get("/v1/leads").json()["items"] == []
+
+
+def test_an_upload_bigger_than_a_json_body_is_taken_under_the_import_limit(
+    database_url: str,
+) -> None:
+    settings = make_settings(database_url, max_body_bytes=1024, max_import_bytes=1024 * 1024)
+    upgrade_database(database_url)
+    rows = [[f"q{i}@x.it", "", "CEO", "IT", "10", "", "Lazio", ""] for i in range(100)]
+    body = csv_bytes(rows)
+    assert len(body) > 1024
+    with TestClient(create_app(settings), headers=auth(TEST_ADMIN_KEY)) as roomy:
+        response = upload(roomy, body)
+        assert response.status_code == 200, response.text
+        assert len(roomy.get("/v1/leads", params={"limit": 200}).json()["items"]) == 100

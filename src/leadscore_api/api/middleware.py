@@ -25,14 +25,17 @@ class BodyLimitMiddleware:
     a 413 problem.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, path_limits: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        #: Paths that take bigger bodies (a spreadsheet upload), spooled by their route.
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""), self.default_limit)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -40,8 +43,8 @@ class BodyLimitMiddleware:
                 except ValueError:
                     await _send_problem(send, scope, BadRequest("Content-Length is not a number"))
                     return
-                if declared > self.limit:
-                    await _send_problem(send, scope, BodyTooLarge(self.limit))
+                if declared > limit:
+                    await _send_problem(send, scope, BodyTooLarge(limit))
                     return
         received = 0
         started = False
@@ -51,8 +54,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -66,7 +69,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await _send_problem(send, scope, BodyTooLarge(self.limit))
+            await _send_problem(send, scope, BodyTooLarge(limit))
 
 
 async def _send_problem(send: Send, scope: Scope, error: LeadscoreError) -> None:
