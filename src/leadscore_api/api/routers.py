@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from leadscore_api.api import (
     api_keys,
+    backtest,
     deliveries,
     events,
     health,
@@ -21,6 +22,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     leads.router,
     rulesets.router,
+    backtest.router,
     api_keys.router,
     webhooks.router,
     subscriptions.router,
