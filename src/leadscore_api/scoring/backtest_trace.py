@@ -16,13 +16,21 @@ like the rest of ``scoring``; the service streams the events in and aggregates t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from leadscore_api.scoring.conditions import Context
 from leadscore_api.scoring.engine import _LN2, LeadState, Scorer, ScoringEvent, _Measure
-from leadscore_api.scoring.model import Ruleset
+from leadscore_api.scoring.model import (
+    AllCondition,
+    AnyCondition,
+    AtLeastCondition,
+    FieldCondition,
+    NotCondition,
+    Ruleset,
+)
 
 #: CRM events that say the lead became an opportunity (a won deal implies one).
 OPPORTUNITY_TYPES = frozenset({"opportunity.created", "deal.won"})
@@ -79,6 +87,31 @@ class TracingScorer(Scorer):
         super().__init__(ruleset)
         self.last_measure: _Measure | None = None
         self.stage_names = [stage.name for stage in self.stages]
+        self._criteria_fields = _fields_read(
+            [c.when for spec in ruleset.components.values() for c in spec.criteria]
+        )
+        self._criteria_memo: dict[tuple[Any, ...], list[float]] = {}
+
+    def _criteria_points(self, state: LeadState) -> list[float]:
+        """The engine's criteria points, memoised on the attributes the criteria read.
+
+        Criteria see the lead's attributes alone, and many leads share the values that matter
+        (role, industry, size...), while the role patterns are the dearest conditions of the
+        bundled rulesets: a backtest evaluates them once per distinct profile, not per lead.
+        """
+        if state._crit is not None or self._criteria_fields is None:
+            return super()._criteria_points(state)
+        key = _memo_key(state.attributes, self._criteria_fields)
+        if key is None:
+            return super()._criteria_points(state)
+        points = self._criteria_memo.get(key)
+        if points is None:
+            if len(self._criteria_memo) >= _MEMO_LIMIT:
+                self._criteria_memo.clear()
+            points = super()._criteria_points(state)
+            self._criteria_memo[key] = points
+        state._crit = points
+        return points
 
     def _measure(self, state: LeadState, now: float) -> _Measure:
         measure = super()._measure(state, now)
@@ -144,6 +177,48 @@ class TracingScorer(Scorer):
             elif spec.name in state.stages:
                 stage = spec.name
         return measure, stage
+
+
+_MEMO_LIMIT = 100_000
+
+
+def _fields_read(conditions: Sequence[Any]) -> tuple[str, ...] | None:
+    """The attributes a set of conditions reads, or None if they read anything else."""
+    fields: set[str] = set()
+
+    def walk(node: Any) -> bool:
+        if isinstance(node, FieldCondition):
+            fields.add(node.field)
+            return True
+        if isinstance(node, AllCondition):
+            return all(walk(child) for child in node.all)
+        if isinstance(node, AnyCondition):
+            return all(walk(child) for child in node.any)
+        if isinstance(node, NotCondition):
+            return walk(node.not_)
+        if isinstance(node, AtLeastCondition):
+            return all(walk(child) for child in node.of)
+        return False
+
+    if not all(walk(condition) for condition in conditions):
+        return None
+    return tuple(sorted(fields))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        raise TypeError("not memoised")
+    # The type is part of the key: 1, 1.0 and True are equal in Python, not to every operator.
+    return (type(value).__name__, value)
+
+
+def _memo_key(attributes: Mapping[str, Any], fields: tuple[str, ...]) -> tuple[Any, ...] | None:
+    try:
+        return tuple(_hashable(attributes.get(name)) for name in fields)
+    except TypeError:
+        return None
 
 
 def trace_lead(

@@ -177,7 +177,7 @@ def replay(
             period,
             with_features=with_features,
         )
-    bounds = backtest_repo.lead_bounds(session, period.start, period.end, workers)
+    bounds = backtest_repo.lead_bounds(session, period.end, workers)
     merged = SliceResult()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = [
