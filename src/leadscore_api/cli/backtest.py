@@ -308,3 +308,42 @@ def backtest(
         click.echo(render_csv(report), nl=False)
     else:
         click.echo(render_table(report))
+
+
+@click.command("calibrate")
+@click.option(
+    "--from", "start", help="RFC 3339: leads with an event at or after it (default: all)."
+)
+@click.option("--to", "end", help="RFC 3339: replay events up to it (default: now).")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the candidate ruleset file.",
+)
+def calibrate(start: str | None, end: str | None, out: str) -> None:
+    """Fit points per rule of the active ruleset to the CRM's outcomes and write a candidate
+    file (needs the extra: pip install 'leadscore[calibration]')."""
+    from leadscore_api.service.calibration import CalibrationError
+    from leadscore_api.service.calibration import calibrate as fit
+
+    settings = checked_settings()
+    registry = checked_rulesets(settings)
+    try:
+        period = service.parse_period(start, end)
+    except service.BadPeriod as exc:
+        raise click.BadParameter(exc.detail, param_hint="--from/--to") from None
+    engine = make_engine(settings.database_url)
+    try:
+        factory = make_session_factory(engine, read_only=True)
+        with factory() as session:
+            try:
+                result = fit(session, registry.primary, period)
+            except CalibrationError as exc:
+                _fail(str(exc))
+    finally:
+        engine.dispose()
+    Path(out).write_text(result.text, encoding="utf-8")
+    click.echo(result.header)
+    click.echo(f"\nwritten: {out}")

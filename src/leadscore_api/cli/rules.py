@@ -213,9 +213,10 @@ def eval_command(
 def _register_lifecycle_commands() -> None:
     # Imported here: the backtest pulls in the service and storage layers, which `validate`,
     # `test` and `eval` do not need.
-    from leadscore_api.cli.backtest import backtest
+    from leadscore_api.cli.backtest import backtest, calibrate
 
     rules.add_command(backtest)
+    rules.add_command(calibrate)
 
 
 _register_lifecycle_commands()

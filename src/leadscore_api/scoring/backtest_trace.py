@@ -126,6 +126,14 @@ class TracingScorer(Scorer):
             ids.extend(a.id for a in component.actions)
         return ids
 
+    def rule_components(self) -> dict[str, str]:
+        """The component each rule id belongs to."""
+        owners: dict[str, str] = {}
+        for component in self.components:
+            owners.update({c.id: component.name for c in component.criteria})
+            owners.update({a.id: component.name for a in component.actions})
+        return owners
+
     def rule_points(self) -> dict[str, float]:
         """The points each rule gives now (per event for actions)."""
         points: dict[str, float] = {}
