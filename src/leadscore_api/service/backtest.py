@@ -122,10 +122,14 @@ def replay_slice(
         session, period.start, period.end, low=low, high=high
     ):
         result.events += len(events)
-        for scorer, traces in ((active, result.active), (candidate, result.candidate)):
-            trace = trace_lead(scorer, lead_id, events, period.end, with_features=with_features)
-            if trace is not None:
-                traces.append(trace)
+        trace = trace_lead(active, lead_id, events, period.end, with_features=with_features)
+        if trace is None:
+            continue
+        result.active.append(trace)
+        if candidate is not active:
+            trace = trace_lead(candidate, lead_id, events, period.end, with_features=with_features)
+        if trace is not None:
+            result.candidate.append(trace)
     return result
 
 
@@ -143,7 +147,11 @@ def _worker_slice(
     try:
         factory = make_session_factory(engine, read_only=True)
         active = TracingScorer(load_ruleset_text(active_text, "active").ruleset)
-        candidate = TracingScorer(load_ruleset_text(candidate_text, "candidate").ruleset)
+        candidate = (
+            active
+            if candidate_text == active_text
+            else TracingScorer(load_ruleset_text(candidate_text, "candidate").ruleset)
+        )
         with factory() as session:
             return replay_slice(
                 session,
@@ -170,13 +178,10 @@ def replay(
 ) -> SliceResult:
     """Trace every lead of the period under both rulesets, serially or over ``workers`` processes."""
     if workers <= 1 or database_url is None:
-        return replay_slice(
-            session,
-            TracingScorer(active.ruleset),
-            TracingScorer(candidate.ruleset),
-            period,
-            with_features=with_features,
-        )
+        scorer = TracingScorer(active.ruleset)
+        # The same text (a stored version that is the active one) is replayed once.
+        other = scorer if candidate.sha256 == active.sha256 else TracingScorer(candidate.ruleset)
+        return replay_slice(session, scorer, other, period, with_features=with_features)
     bounds = backtest_repo.lead_bounds(session, period.end, workers)
     merged = SliceResult()
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
