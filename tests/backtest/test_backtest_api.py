@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,17 @@ def test_invalid_candidate_is_422_naming_file_and_line(trial: TestClient) -> Non
     for bad in ({}, {"content": BETTER, "ruleset": {"name": "trial", "version": 1}}):
         response = trial.post(URL, json=bad)
         assert response.status_code == 422, response.text
-    nul = trial.post(URL, json={"content": "ruleset: x\x00"})
-    assert nul.status_code == 422
+    for hostile in (
+        {"content": "ruleset: x\x00"},
+        {"content": "ruleset: x\ud800"},
+        {"ruleset": {"name": "trial\x00", "version": 1}},
+        {"ruleset": {"name": "trial", "version": 10**30}},
+        {"content": BETTER, "filename": "a\x00b"},
+    ):
+        response = trial.post(
+            URL, content=json.dumps(hostile), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, (hostile, response.text)
 
 
 @pytest.mark.parametrize(
@@ -183,6 +193,8 @@ def test_invalid_candidate_is_422_naming_file_and_line(trial: TestClient) -> Non
         ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
         ({"to": "yesterday"}, "to"),
         ({"from": "2026-01-01T00:00:00"}, "from"),
+        ({"from": "2026-01-01T00:00:00\x00Z"}, "from"),
+        ({"to": "+99999-01-01T00:00:00Z"}, "to"),
     ],
 )
 def test_bad_period_is_400(trial: TestClient, period: dict[str, str], field: str) -> None:

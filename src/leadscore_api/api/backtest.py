@@ -19,7 +19,7 @@ MAX_CONTENT_CHARS = 512 * 1024
 class BacktestStoredRuleset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     version: int = Field(ge=1, le=2**31 - 1)
 
 
@@ -37,6 +37,7 @@ class BacktestRequest(BaseModel):
         default="candidate.yaml",
         min_length=1,
         max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="The name problems in `content` are reported under (`FILE:LINE: message`).",
     )
     ruleset: BacktestStoredRuleset | None = Field(

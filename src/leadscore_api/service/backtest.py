@@ -13,6 +13,7 @@ of the leads (split by lead id), so the events are never shipped between process
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ from leadscore_api.storage.repositories import backtest as backtest_repo
 DEFAULT_CHANGES_LIMIT = 100
 
 
+#: RFC 3339 date-time, with an optional zone (a missing zone gets its own message).
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?$", re.ASCII
+)
+
+
 class BadPeriod(BadRequest):
     """``from``/``to`` that do not parse or do not make a period."""
 
@@ -52,9 +59,9 @@ def parse_period(start: str | None, end: str | None, *, now: datetime | None = N
 
     def one(name: str, text: str) -> datetime:
         try:
-            value = datetime.fromisoformat(
-                text.strip().replace("Z", "+00:00").replace("z", "+00:00")
-            )
+            if not _RFC3339.match(text):
+                raise ValueError(text)
+            value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise BadPeriod(
                 f"{name}: {text[:60]!r} is not an RFC 3339 time",
