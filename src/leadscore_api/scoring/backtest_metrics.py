@@ -133,28 +133,37 @@ def threshold_sweep(
     traces: Sequence[LeadTrace], thresholds: Sequence[int] = SWEEP_THRESHOLDS
 ) -> list[dict[str, Any]]:
     """The MetalPro table: with the SQL line at T, how many SQLs, how many became opportunities."""
-    rows = []
-    for threshold in thresholds:
-        sql = opportunities = 0
-        days: list[float] = []
-        for trace in traces:
-            crossed = trace.crossed_at(threshold)
-            if crossed is None:
-                continue
-            sql += 1
+    # One walk up each lead's ladder of peaks serves every line (both are ascending).
+    lines = sorted(thresholds)
+    if not lines:
+        return []
+    sql = dict.fromkeys(lines, 0)
+    opportunities = dict.fromkeys(lines, 0)
+    days: dict[int, list[float]] = {line: [] for line in lines}
+    for trace in traces:
+        ladder = trace.ladder
+        if not ladder or ladder[-1][0] < lines[0]:
+            continue
+        step = 0
+        for line in lines:
+            while step < len(ladder) and ladder[step][0] < line:
+                step += 1
+            if step == len(ladder):
+                break
+            sql[line] += 1
             if trace.opportunity_ts is not None:
-                opportunities += 1
-                days.append((trace.opportunity_ts - crossed) / DAY)
-        rows.append(
-            {
-                "threshold": threshold,
-                "sql": sql,
-                "opportunities": opportunities,
-                "conversion": _round(_rate(opportunities, sql)),
-                "median_days_to_opportunity": _round(median(days), 2),
-            }
-        )
-    return rows
+                opportunities[line] += 1
+                days[line].append((trace.opportunity_ts - ladder[step][1]) / DAY)
+    return [
+        {
+            "threshold": line,
+            "sql": sql[line],
+            "opportunities": opportunities[line],
+            "conversion": _round(_rate(opportunities[line], sql[line])),
+            "median_days_to_opportunity": _round(median(days[line]), 2),
+        }
+        for line in thresholds
+    ]
 
 
 def sql_stage(stages: Sequence[str]) -> str | None:

@@ -68,6 +68,11 @@ class LeadTrace:
     #: each, decay included), only when asked for (calibration).
     features: dict[str, float] | None = None
 
+    def __reduce__(self) -> tuple[type[LeadTrace], tuple[Any, ...]]:
+        # Traces cross process boundaries by the hundred thousand: as a plain tuple of the
+        # fields they pickle in about half the time and space of the default for slots.
+        return (LeadTrace, tuple(getattr(self, name) for name in self.__slots__))
+
     def crossed_at(self, threshold: float) -> float | None:
         """When the score first reached ``threshold`` before the opportunity, if it did."""
         for score, ts in self.ladder:
