@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from leadscore_api.api import (
     api_keys,
+    backtest,
     deliveries,
     events,
     health,
@@ -24,6 +25,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     spreadsheets.router,
     leads.router,
     rulesets.router,
+    backtest.router,
     api_keys.router,
     webhooks.router,
     subscriptions.router,

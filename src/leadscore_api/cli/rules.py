@@ -208,3 +208,15 @@ def eval_command(
     seed = ScoringEvent("lead-attributes", "lead.attributes_updated", start, {}, attributes)
     _, result = loaded.scorer.replay([seed, *events], moment)
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _register_lifecycle_commands() -> None:
+    # Imported here: the backtest pulls in the service and storage layers, which `validate`,
+    # `test` and `eval` do not need.
+    from leadscore_api.cli.backtest import backtest, calibrate
+
+    rules.add_command(backtest)
+    rules.add_command(calibrate)
+
+
+_register_lifecycle_commands()
