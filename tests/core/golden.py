@@ -42,10 +42,27 @@ TYPES = [
     ("opportunity.created", 1),
     ("deal.won", 1),
 ]
-URLS = ["/", "/pricing", "/prezzi", "/prodotti/erp", "/blog/lead-scoring", "/solution/crm", "/listino"]
+URLS = [
+    "/",
+    "/pricing",
+    "/prezzi",
+    "/prodotti/erp",
+    "/blog/lead-scoring",
+    "/solution/crm",
+    "/listino",
+]
 ATTRIBUTE_VALUES: dict[str, list[Any]] = {
-    "role": ["CEO", "Responsabile acquisti", "HR manager", "impiegato", "Marketing Manager",
-             "Vice President sales", "amministratore di sistema", "Direttore generale", ""],
+    "role": [
+        "CEO",
+        "Responsabile acquisti",
+        "HR manager",
+        "impiegato",
+        "Marketing Manager",
+        "Vice President sales",
+        "amministratore di sistema",
+        "Direttore generale",
+        "",
+    ],
     "industry": ["IT", "manifatturiero", "Manufacturing", "retail", "servizi", " software "],
     "employees": [3, 20, 50, 51, 120, 250, 1200, "300", "1.000", None],
     "annual_revenue_eur": [100_000, 800_000, 1_000_000, 1_000_001, 5_000_000, "2000000"],
@@ -102,12 +119,12 @@ def make_leads(seed: int = 11) -> list[list[ScoringEvent]]:
     return leads
 
 
-def _dump(value: Any) -> str:
+def dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(_dump(value).encode()).hexdigest()[:24]
+    return hashlib.sha256(dump(value).encode()).hexdigest()[:24]
 
 
 def outcome(scorer: Scorer, events: list[ScoringEvent]) -> dict[str, Any]:
@@ -120,20 +137,18 @@ def outcome(scorer: Scorer, events: list[ScoringEvent]) -> dict[str, Any]:
     for event in ordered:
         scorer.apply(state, event)
         steps.append(scorer.evaluate(state, event.occurred_at))
-    step_out = [[_dump(r.summary()), _digest(r.to_dict())] for r in steps]
+    step_out = [[dump(r.summary()), _digest(r.to_dict())] for r in steps]
     last = ordered[-1].occurred_at
     as_of = last + timedelta(hours=1)
     replayed, result = scorer.replay(events, as_of)
-    later = [
-        scorer.evaluate(replayed, last + timedelta(days=days)) for days in (3, 31, 95, 400)
-    ]
+    later = [scorer.evaluate(replayed, last + timedelta(days=days)) for days in (3, 31, 95, 400)]
     nxt = scorer.next_change(replayed, as_of, result.score_exact)
     # Out-of-order arrival through stored JSON, as the service does.
     stored: dict[str, Any] | None = None
     seen: list[ScoringEvent] = []
     for event in events:
         seen.append(event)
-        loaded = LeadState.from_json(json.loads(_dump(stored))) if stored else scorer.new_state()
+        loaded = LeadState.from_json(json.loads(dump(stored))) if stored else scorer.new_state()
         try:
             scorer.apply(loaded, event)
         except OutOfOrderEvent:
@@ -143,9 +158,9 @@ def outcome(scorer: Scorer, events: list[ScoringEvent]) -> dict[str, Any]:
     arrived = scorer.evaluate(LeadState.from_json(stored), as_of)
     return {
         "steps": step_out,
-        "result": _dump(result.to_dict()),
-        "summary": _dump(result.summary()),
-        "state": _dump(incremental_state(state)),
+        "result": dump(result.to_dict()),
+        "summary": dump(result.summary()),
+        "state": dump(incremental_state(state)),
         "later": [_digest(r.to_dict()) for r in later],
         "next_change": None if nxt is None else nxt.isoformat(),
         "arrived": _digest(arrived.to_dict()),
@@ -154,7 +169,8 @@ def outcome(scorer: Scorer, events: list[ScoringEvent]) -> dict[str, Any]:
 
 def incremental_state(state: LeadState) -> dict[str, Any]:
     """The stored state, as JSON would keep it (counts without a window may change layout)."""
-    return json.loads(_dump(state.to_json()))
+    loaded: dict[str, Any] = json.loads(dump(state.to_json()))
+    return loaded
 
 
 def compute() -> dict[str, Any]:
@@ -167,5 +183,5 @@ def compute() -> dict[str, Any]:
 
 if __name__ == "__main__":
     data = compute()
-    FIXTURE.write_bytes(gzip.compress(_dump(data).encode(), mtime=0))
+    FIXTURE.write_bytes(gzip.compress(dump(data).encode(), mtime=0))
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size:,} bytes)")
