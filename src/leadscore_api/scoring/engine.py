@@ -634,6 +634,34 @@ class Scorer:
             self.apply(state, event)
         return state, self.evaluate(state, as_of)
 
+    def resume(
+        self, state_json: Mapping[str, Any], events: Iterable[ScoringEvent], as_of: datetime
+    ) -> tuple[LeadState, ScoreResult]:
+        """Score from a stored state (a snapshot) and the events after it, as :meth:`replay`
+        would from the whole history: a late event then costs the events since the nearest
+        snapshot before it, not the lead's whole life.
+
+        ``state_json`` is a :meth:`LeadState.to_json` of this ruleset (same text) that folded
+        exactly the lead's events up to its last one, ``(last_ts, last_id)``. ``events`` may
+        include events at or before that point (they are skipped: the snapshot has them) and
+        events after ``as_of`` (left out, as :meth:`replay` does); the rest are applied once
+        each, in (occurred_at, id) order. The state is new: ``state_json`` is not changed.
+        """
+        state = LeadState.from_json(state_json)
+        limit = as_of.timestamp()
+        last = (state.last_ts, state.last_id or "") if state.last_ts is not None else None
+        # The first copy of an id counts, as in replay; one the snapshot has is not applied.
+        unique: dict[str, tuple[float, ScoringEvent] | None] = {}
+        for event in events:
+            ts = event.occurred_at.timestamp()
+            if ts <= limit and event.id not in unique:
+                folded = last is not None and (ts, event.id) <= last
+                unique[event.id] = None if folded else (ts, event)
+        later = [pair for pair in unique.values() if pair is not None]
+        for _, event in sorted(later, key=lambda pair: (pair[0], pair[1].id)):
+            self.apply(state, event)
+        return state, self.evaluate(state, as_of)
+
     # -- measuring -----------------------------------------------------------------------------
 
     def _criteria_points(self, state: LeadState) -> list[float]:
