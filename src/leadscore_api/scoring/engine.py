@@ -360,7 +360,7 @@ class ScoreResult:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Measure:
     values: list[float]  # per component, gated and clamped
     raw: list[float]  # per component, before clamp
@@ -436,6 +436,11 @@ class Scorer:
                 )
             )
         self.gated = [c for c in self.components if c.requires is not None]
+        self._names = [c.name for c in self.components]
+        self._plan = [
+            (c.index, c.half_life, c.expire_after, [a.index for a in c.actions], c.max)
+            for c in self.components
+        ]
         self.actions_by_type: dict[str, list[_Action]] = {}
         for c_index, spec in enumerate(ruleset.components.values()):
             for a_spec, action in zip(spec.actions, self.components[c_index].actions, strict=True):
@@ -690,19 +695,36 @@ class Scorer:
         return float(state.comp_values[component.index][0])
 
     def _measure(self, state: LeadState, now: float) -> _Measure:
-        criteria = self._criteria_points(state)
+        criteria = state._crit
+        if criteria is None:
+            criteria = self._criteria_points(state)
+        comp_values = state.comp_values
         raw: list[float] = []
         values: list[float] = []
-        for component in self.components:
-            points = criteria[component.index] + self._action_points(state, component, now)
+        # _action_points inlined (same arithmetic, in the same order): this runs at every
+        # checkpoint and evaluation, and several times per decay crossing.
+        for index, half_life, expire_after, action_ids, cap in self._plan:
+            if half_life is not None:
+                value, t_ref = comp_values[index]
+                points = criteria[index] + (
+                    0.0
+                    if value == 0.0
+                    else float(value * math.exp(-(now - t_ref) * _LN2 / half_life))
+                )
+            elif expire_after is not None:
+                cutoff = now - expire_after
+                live = state.live
+                points = criteria[index] + sum(
+                    p for a in action_ids for ts, p in live.get(a, ()) if cutoff < ts <= now
+                )
+            else:
+                points = criteria[index] + float(comp_values[index][0])
             raw.append(points)
-            values.append(
-                0.0 if points < 0.0 else component.max if points > component.max else points
-            )
+            values.append(0.0 if points < 0.0 else cap if points > cap else points)
         gates: list[bool | None] = [None] * len(values)
         for component in self.gated:
             assert component.requires is not None
-            named = {c.name: values[c.index] for c in self.components}
+            named = dict(zip(self._names, values, strict=True))
             holds = component.requires.test(
                 Context(state.attributes, components=named, counts=state, now=now)
             )
@@ -733,7 +755,7 @@ class Scorer:
             score=measure.score,
             letter=measure.letter,
             tier=measure.tier,
-            components={c.name: measure.values[c.index] for c in self.components},
+            components=dict(zip(self._names, measure.values, strict=True)),
             counts=state,
             now=now,
         )
