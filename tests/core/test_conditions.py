@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from leadscore_api.scoring.conditions import Context, compile_condition
-from leadscore_api.scoring.model import Criterion
+from leadscore_api.scoring.conditions import Context, compile_condition, compile_operators
+from leadscore_api.scoring.model import Criterion, FieldCondition
 
 
 def holds(condition: dict[str, Any], **attributes: Any) -> bool:
@@ -89,3 +89,82 @@ def test_describe_says_why() -> None:
     ).when
     text = compile_condition(model, []).describe(Context({"employees": 1200}))
     assert text == "employees 1200 > 50"
+
+
+OPERATOR_SETS: list[dict[str, Any]] = [
+    {"eq": "CEO"},
+    {"eq": 5},
+    {"eq": True},
+    {"ne": "b2c"},
+    {"in": ["IT", "manifatturiero", 3]},
+    {"not_in": ["retail", "b2c"]},
+    {"gt": 50},
+    {"gte": 50},
+    {"lt": 10.5},
+    {"lte": 10},
+    {"between": [25, 45]},
+    {"matches": "\\b(ceo|manager)\\b"},
+    {"exists": True},
+    {"exists": False},
+    {"gt": 1, "lt": 100},
+    {"in": ["a", "b"], "exists": True},
+]
+VALUES: list[Any] = [
+    None,
+    "",
+    " CEO ",
+    "ceo",
+    "Marketing Manager",
+    "B2C",
+    "b2b",
+    "IT",
+    3,
+    5,
+    5.0,
+    50,
+    51,
+    "1200",
+    "1.200,5",
+    "many",
+    10,
+    10.5,
+    25,
+    45,
+    46,
+    True,
+    False,
+    [],
+    ["sport", "ceo"],
+    ["b2c"],
+    ("IT",),
+    {"retail"},
+    [None],
+    [50, 51],
+    0,
+]
+
+
+@pytest.mark.parametrize("operators", OPERATOR_SETS)
+def test_the_flat_test_of_a_leaf_agrees_with_its_operators(operators: dict[str, Any]) -> None:
+    """A field condition's generated test gives what the operators' own predicate (the
+    reference semantics) gives, for every kind of value a lead may carry."""
+    model = Criterion.model_validate(
+        {"id": "x", "points": 1, "when": {"field": "v", **operators}}
+    ).when
+    assert isinstance(model, FieldCondition)
+    reference, _ = compile_operators(model)
+    compiled = compile_condition(model, [])
+    for value in VALUES:
+        assert compiled.test(Context({"v": value})) is reference(value), value
+    assert compiled.test(Context({})) is reference(None)
+
+
+def test_at_least_stops_at_enough_parts_like_the_rule_says() -> None:
+    """``at_least`` with a later part that cannot be checked on this value (a list inside a
+    list is not comparable) holds as soon as enough earlier parts hold."""
+    condition = {
+        "at_least": 2,
+        "of": [{"field": "a", "eq": 1}, {"field": "b", "eq": 2}, {"field": "c", "in": ["x"]}],
+    }
+    assert holds(condition, a=1, b=2, c=[["unhashable"]])
+    assert not holds(condition, a=1, b=3, c="y")

@@ -316,3 +316,40 @@ def test_transitions_between_summaries() -> None:
     assert transitions_between(after.summary(), after, None, T0) == []
     first = transitions_between(None, before, "x", T0)
     assert first == []  # a new cold lead: no stage reached, first tier/letter are not changes
+
+
+def test_resume_from_a_snapshot_skips_what_it_has_and_what_comes_after_as_of() -> None:
+    """A late event scored from a stored snapshot: the events the snapshot folded, a
+    duplicate delivery and an event after ``as_of`` change nothing; the stored JSON itself is
+    left as it was."""
+    import json
+
+    scorer = model("decay: {half_life: 5d}").scorer
+    early = [attrs({"employees": 60}), event("d", "content.downloaded", T0 - 3 * DAY)]
+    snapshot_state, _ = scorer.replay(early, T0 - 2 * DAY)
+    snapshot = json.loads(json.dumps(snapshot_state.to_json()))
+    kept = json.dumps(snapshot)
+    late = event("v", "page.viewed", T0 - DAY)
+    future = event("f", "content.downloaded", T0 + DAY)
+    state, result = scorer.resume(snapshot, [*early, late, late, future], T0)
+    full_state, expected = scorer.replay([*early, late, future], T0)
+    assert result.to_dict() == expected.to_dict()
+    assert state.n_events == full_state.n_events == 3
+    assert json.dumps(snapshot) == kept
+
+
+def test_an_explanation_read_after_later_events_explains_its_own_moment() -> None:
+    """The service evaluates after each event of a batch and reads the explanations at the
+    end: each one still says what the lead was at its own event."""
+    scorer = model().scorer
+    state = scorer.new_state()
+    scorer.apply(state, attrs({"employees": 60}))
+    scorer.apply(state, event("d", "content.downloaded", T0 - HOUR))
+    first = scorer.evaluate(state, T0 - HOUR)
+    scorer.apply(state, event("e", "content.downloaded", T0))
+    second = scorer.evaluate(state, T0)
+    _, replayed_first = scorer.replay(
+        [attrs({"employees": 60}), event("d", "content.downloaded", T0 - HOUR)], T0 - HOUR
+    )
+    assert first.explanation == replayed_first.explanation
+    assert first.explanation != second.explanation

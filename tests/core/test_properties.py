@@ -152,3 +152,38 @@ def test_decay_never_raises_a_score_over_time(raw: list[RawEvent], hours: list[i
             for name, value in current.components.items():
                 assert value <= previous.components[name] + 1e-9
             previous = current
+
+
+@common
+@given(
+    st.lists(event_strategy, min_size=1, max_size=30),
+    st.integers(0, 30),
+    st.randoms(use_true_random=False),
+)
+def test_resuming_from_a_stored_snapshot_equals_a_full_replay(
+    raw: list[RawEvent], split: int, rnd: random.Random
+) -> None:
+    """A state stored after the first k events (in scoring order), read back from JSON, and
+    resumed with the later events (any order, earlier ones included) scores as the replay of
+    the whole history: score, stages and when they were reached, tier_since (follow-up anchor,
+    deadlines), SLAs met, the stored state itself and the next moment time changes the lead."""
+    events = build(raw)
+    ordered = sorted(events, key=lambda e: (e.occurred_at, e.id))
+    k = min(split, len(ordered))
+    for scorer in SCORERS:
+        full_state, expected = scorer.replay(events, T0)
+        head = scorer.new_state()
+        for event in ordered[:k]:
+            scorer.apply(head, event)
+        snapshot = json.loads(json.dumps(head.to_json()))
+        shuffled = list(events)
+        rnd.shuffle(shuffled)
+        state, result = scorer.resume(snapshot, shuffled, T0)
+        assert result.to_dict() == expected.to_dict()
+        assert result.summary() == expected.summary()
+        assert json.dumps(state.to_json()) == json.dumps(full_state.to_json())
+        assert scorer.next_change(state, T0) == scorer.next_change(full_state, T0)
+        later = T0 + timedelta(days=rnd.randint(1, 200))
+        assert (
+            scorer.evaluate(state, later).to_dict() == scorer.evaluate(full_state, later).to_dict()
+        )

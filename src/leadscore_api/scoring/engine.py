@@ -17,10 +17,11 @@ Semantics that every replica, re-score and backtest must share (design §3):
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -59,6 +60,13 @@ class OutOfOrderEvent(Exception):
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
+    return _iso_text(ts)
+
+
+@lru_cache(maxsize=16384)
+def _iso_text(ts: float) -> str:
+    """RFC 3339 text of a moment; the same few moments (stages, deadlines) recur in every
+    evaluation of a lead, so they are formatted once."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -119,10 +127,22 @@ class _Sla:
 
 
 class LeadState:
-    """What the engine keeps per lead between events. Small, and JSON-serialisable."""
+    """What the engine keeps per lead between events. Small, and JSON-serialisable.
+
+    Its JSON (:meth:`to_json`) is exact: ``from_json(to_json())`` followed by more events gives
+    what the whole history gives, so a stored state is also a snapshot to resume from
+    (:meth:`Scorer.resume`).
+
+    Counters (``counts``, one per event condition of the ruleset) are bounded: a count with a
+    window keeps the moments (and values, for ``distinct``) still inside it; a count without a
+    window keeps only a number, or the distinct values seen with the moment each was first
+    seen. States written before that layout ("v": 1: every moment kept) are read as they are
+    and change layout, counter by counter, at the next event each one counts.
+    """
 
     __slots__ = (
         "_crit",
+        "_view",
         "actions",
         "attributes",
         "checked_ts",
@@ -150,7 +170,9 @@ class LeadState:
         self.comp_values: list[list[float]] = [[0.0, 0.0] for _ in range(n_components)]
         # contributions still alive, per action, for expire_after components
         self.live: dict[int, list[list[float]]] = {}
-        self.counts: list[list[Any]] = [[] for _ in range(n_counts)]
+        # per event condition: a number, {distinct value: first seen} (no window), or the
+        # moments ([ts] or [(ts, value)]) inside the window
+        self.counts: list[Any] = [[] for _ in range(n_counts)]
         self.stages: dict[str, dict[str, Any]] = {}
         self.tier: str | None = None
         self.tier_since: float | None = None
@@ -161,23 +183,30 @@ class LeadState:
         self.contacted_ts: float | None = None
         self.n_events = 0
         self._crit: list[float] | None = None
+        #: Results evaluated since the last event read their explanation through this view;
+        #: the next event gives it a copy first (copy on write, see ``Scorer.evaluate``).
+        self._view: weakref.ref[_View] | None = None
 
     def event_count(self, spec: CountSpec, now: float) -> int:
         entries = self.counts[spec.index]
-        if spec.distinct is not None:
-            return len(
-                {
-                    value
-                    for ts, value in entries
-                    if ts <= now and (spec.within is None or ts > now - spec.within)
-                }
-            )
         if spec.within is None:
+            # The engine measures a lead only at or after its last event, so every counted
+            # event is at or before ``now``: a number (or the values seen) is the count.
+            kind = type(entries)
+            if kind is int:
+                return entries  # type: ignore[no-any-return]
+            if kind is dict:
+                return len(entries)
+            # Layout 1 (every moment kept), until this counter's next event.
+            if spec.distinct is not None:
+                return len({value for ts, value in entries if ts <= now})
             return (
                 len(entries)
                 if not entries or entries[-1] <= now
                 else sum(1 for ts in entries if ts <= now)
             )
+        if spec.distinct is not None:
+            return len({value for ts, value in entries if ts > now - spec.within and ts <= now})
         return count_in_window(entries, now, spec.within)
 
     def snapshot(self) -> LeadState:
@@ -187,9 +216,10 @@ class LeadState:
         copy.last_ts, copy.last_id = self.last_ts, self.last_id
         copy.actions = [list(slot) for slot in self.actions]
         copy.comp_values = [list(value) for value in self.comp_values]
-        copy.live = {k: [list(x) for x in v] for k, v in self.live.items()}
-        copy.counts = [list(c) for c in self.counts]
-        copy.stages = {k: dict(v) for k, v in self.stages.items()}
+        # Entries of live and counts are never changed in place, only added and dropped.
+        copy.live = {k: list(v) for k, v in self.live.items()}
+        copy.counts = [c if type(c) is int else c.copy() for c in self.counts]
+        copy.stages = dict(self.stages)  # a stage's record is never changed once written
         copy.tier, copy.tier_since, copy.checked_ts = self.tier, self.tier_since, self.checked_ts
         copy.letter, copy.sla_met, copy.n_events = self.letter, dict(self.sla_met), self.n_events
         copy.contacted_ts = self.contacted_ts
@@ -197,8 +227,10 @@ class LeadState:
         return copy
 
     def to_json(self) -> dict[str, Any]:
+        """The state as JSON values (sharing this state's lists: serialise it before the next
+        event, as the service does)."""
         return {
-            "v": 1,
+            "v": 2,
             "attributes": self.attributes,
             "last_ts": self.last_ts,
             "last_id": self.last_id,
@@ -220,15 +252,17 @@ class LeadState:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LeadState:
+        """A state from :meth:`to_json` (layout 1 or 2). ``data`` is not changed by later
+        events: what the engine changes in place is copied, what it only replaces is shared."""
         state = cls(0, 0, 0)
         state.attributes = dict(data["attributes"])
         state.last_ts = data["last_ts"]
         state.last_id = data["last_id"]
         state.actions = [list(a) for a in data["actions"]]
         state.comp_values = [list(c) for c in data["comp_values"]]
-        state.live = {int(k): [list(x) for x in v] for k, v in data["live"].items()}
-        state.counts = [[tuple(x) if isinstance(x, list) else x for x in c] for c in data["counts"]]
-        state.stages = {k: dict(v) for k, v in data["stages"].items()}
+        state.live = {int(k): list(v) for k, v in data["live"].items()}
+        state.counts = [c if type(c) is int else c.copy() for c in data["counts"]]
+        state.stages = dict(data["stages"])
         state.tier = data["tier"]
         state.tier_since = data["tier_since"]
         state.checked_ts = data.get("checked_ts")
@@ -238,6 +272,16 @@ class LeadState:
         state.n_events = data["n_events"]
         state._crit = data.get("criteria")
         return state
+
+
+class _View:
+    """The state an evaluation's explanation reads: the live state until its next event, then
+    a copy taken just before that event changes it."""
+
+    __slots__ = ("__weakref__", "state")
+
+    def __init__(self, state: LeadState) -> None:
+        self.state = state
 
 
 @dataclass
@@ -316,7 +360,7 @@ class ScoreResult:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Measure:
     values: list[float]  # per component, gated and clamped
     raw: list[float]  # per component, before clamp
@@ -392,6 +436,11 @@ class Scorer:
                 )
             )
         self.gated = [c for c in self.components if c.requires is not None]
+        self._names = [c.name for c in self.components]
+        self._plan = [
+            (c.index, c.half_life, c.expire_after, [a.index for a in c.actions], c.max)
+            for c in self.components
+        ]
         self.actions_by_type: dict[str, list[_Action]] = {}
         for c_index, spec in enumerate(ruleset.components.values()):
             for a_spec, action in zip(spec.actions, self.components[c_index].actions, strict=True):
@@ -426,11 +475,29 @@ class Scorer:
             "workflow" if ruleset.workflows else "matrix" if ruleset.matrix else None
         )
         self._offsets: dict[int, float] = {}
+        # Workflow durations, parsed once (evaluate needs them for every lead).
+        self._wf_due: dict[str, Duration] = {}
+        self._wf_requalify: dict[str, Duration] = {}
+        self._wf_follow: dict[str, Duration] = {}
+        for tier_name, workflow in (ruleset.workflows or {}).items():
+            if workflow.due is not None:
+                self._wf_due[tier_name] = parse_duration(workflow.due)
+            if workflow.requalify_after is not None:
+                self._wf_requalify[tier_name] = parse_duration(workflow.requalify_after)
+            step = workflow.follow_up_within or workflow.follow_up_every
+            if step is not None:
+                self._wf_follow[tier_name] = parse_duration(step)
+        self._deadlines: dict[tuple[float, Duration], float] = {}
 
     # -- state ---------------------------------------------------------------------------------
 
     def new_state(self) -> LeadState:
-        return LeadState(len(self.actions), len(self.components), len(self.counts))
+        state = LeadState(len(self.actions), len(self.components), len(self.counts))
+        state.counts = [
+            ([] if spec.within is not None else {} if spec.distinct is not None else 0)
+            for spec in self.counts
+        ]
+        return state
 
     def apply(self, state: LeadState, event: ScoringEvent) -> None:
         """Fold one event into the state, at the event's own time."""
@@ -439,6 +506,13 @@ class Scorer:
             raise OutOfOrderEvent(
                 f"event {event.id} at {_iso(ts)} is not after the last applied one"
             )
+        view = state._view
+        if view is not None:
+            # Results evaluated before this event explain the state they saw.
+            state._view = None
+            viewed = view()
+            if viewed is not None:
+                viewed.state = state.snapshot()
         state.last_ts = ts
         state.last_id = event.id
         state.n_events += 1
@@ -499,14 +573,23 @@ class Scorer:
                     continue
                 touched = True
                 entries = state.counts[spec.index]
+                if spec.within is None:
+                    if spec.distinct is not None:
+                        if type(entries) is not dict:
+                            entries = state.counts[spec.index] = _distinct_seen(entries)
+                        entries.setdefault(str(event.properties.get(spec.distinct)), ts)
+                    else:
+                        state.counts[spec.index] = (
+                            entries + 1 if type(entries) is int else len(entries) + 1
+                        )
+                    continue
                 if spec.distinct is not None:
                     entries.append((ts, str(event.properties.get(spec.distinct))))
                 else:
                     entries.append(ts)
-                if spec.within is not None:
-                    cutoff = ts - spec.within
-                    while entries and (entries[0][0] if spec.distinct else entries[0]) <= cutoff:
-                        entries.pop(0)
+                cutoff = ts - spec.within
+                while entries and (entries[0][0] if spec.distinct else entries[0]) <= cutoff:
+                    entries.pop(0)
         slas = self.sla_by_type.get(event_type)
         if touched or slas or state.n_events == 1:
             self._checkpoint(state, ts, event.id)
@@ -556,6 +639,34 @@ class Scorer:
             self.apply(state, event)
         return state, self.evaluate(state, as_of)
 
+    def resume(
+        self, state_json: Mapping[str, Any], events: Iterable[ScoringEvent], as_of: datetime
+    ) -> tuple[LeadState, ScoreResult]:
+        """Score from a stored state (a snapshot) and the events after it, as :meth:`replay`
+        would from the whole history: a late event then costs the events since the nearest
+        snapshot before it, not the lead's whole life.
+
+        ``state_json`` is a :meth:`LeadState.to_json` of this ruleset (same text) that folded
+        exactly the lead's events up to its last one, ``(last_ts, last_id)``. ``events`` may
+        include events at or before that point (they are skipped: the snapshot has them) and
+        events after ``as_of`` (left out, as :meth:`replay` does); the rest are applied once
+        each, in (occurred_at, id) order. The state is new: ``state_json`` is not changed.
+        """
+        state = LeadState.from_json(state_json)
+        limit = as_of.timestamp()
+        last = (state.last_ts, state.last_id or "") if state.last_ts is not None else None
+        # The first copy of an id counts, as in replay; one the snapshot has is not applied.
+        unique: dict[str, tuple[float, ScoringEvent] | None] = {}
+        for event in events:
+            ts = event.occurred_at.timestamp()
+            if ts <= limit and event.id not in unique:
+                folded = last is not None and (ts, event.id) <= last
+                unique[event.id] = None if folded else (ts, event)
+        later = [pair for pair in unique.values() if pair is not None]
+        for _, event in sorted(later, key=lambda pair: (pair[0], pair[1].id)):
+            self.apply(state, event)
+        return state, self.evaluate(state, as_of)
+
     # -- measuring -----------------------------------------------------------------------------
 
     def _criteria_points(self, state: LeadState) -> list[float]:
@@ -584,19 +695,36 @@ class Scorer:
         return float(state.comp_values[component.index][0])
 
     def _measure(self, state: LeadState, now: float) -> _Measure:
-        criteria = self._criteria_points(state)
+        criteria = state._crit
+        if criteria is None:
+            criteria = self._criteria_points(state)
+        comp_values = state.comp_values
         raw: list[float] = []
         values: list[float] = []
-        for component in self.components:
-            points = criteria[component.index] + self._action_points(state, component, now)
+        # _action_points inlined (same arithmetic, in the same order): this runs at every
+        # checkpoint and evaluation, and several times per decay crossing.
+        for index, half_life, expire_after, action_ids, cap in self._plan:
+            if half_life is not None:
+                value, t_ref = comp_values[index]
+                points = criteria[index] + (
+                    0.0
+                    if value == 0.0
+                    else float(value * math.exp(-(now - t_ref) * _LN2 / half_life))
+                )
+            elif expire_after is not None:
+                cutoff = now - expire_after
+                live = state.live
+                points = criteria[index] + sum(
+                    p for a in action_ids for ts, p in live.get(a, ()) if cutoff < ts <= now
+                )
+            else:
+                points = criteria[index] + float(comp_values[index][0])
             raw.append(points)
-            values.append(
-                0.0 if points < 0.0 else component.max if points > component.max else points
-            )
+            values.append(0.0 if points < 0.0 else cap if points > cap else points)
         gates: list[bool | None] = [None] * len(values)
         for component in self.gated:
             assert component.requires is not None
-            named = {c.name: values[c.index] for c in self.components}
+            named = dict(zip(self._names, values, strict=True))
             holds = component.requires.test(
                 Context(state.attributes, components=named, counts=state, now=now)
             )
@@ -627,7 +755,7 @@ class Scorer:
             score=measure.score,
             letter=measure.letter,
             tier=measure.tier,
-            components={c.name: measure.values[c.index] for c in self.components},
+            components=dict(zip(self._names, measure.values, strict=True)),
             counts=state,
             now=now,
         )
@@ -637,6 +765,19 @@ class Scorer:
             return state.tier_since if state.n_events else None
         info = state.stages.get(stage)
         return None if info is None else float(info["at"])
+
+    def _add(self, start: float, duration: Duration) -> float:
+        """``calendar.add``, remembered for working-time durations: a lead's deadlines are
+        asked for at every evaluation and walking the calendar costs more than the rest."""
+        if not duration.business:
+            return start + duration.seconds
+        key = (start, duration)
+        moment = self._deadlines.get(key)
+        if moment is None:
+            if len(self._deadlines) >= 65536:
+                self._deadlines.clear()
+            moment = self._deadlines[key] = self.calendar.add(start, duration)
+        return moment
 
     def _window_key(self, window: tuple[str, float] | None, ts: float) -> int:
         if window is None:
@@ -678,20 +819,20 @@ class Scorer:
         if measure.tier != state.tier:
             tier_since = self._crossing(state, now, measure.tier)
         next_action, due, action_reason = self._next_action(measure, tier_since)
-        owner, owner_reason = self._owner(ctx)
+        owner, owner_rule, owner_reason = self._owner(ctx)
         ruleset = self.ruleset
         requalify = None
         if ruleset.workflows and measure.tier in ruleset.workflows and tier_since is not None:
-            after = ruleset.workflows[measure.tier].requalify_after
+            after = self._wf_requalify.get(measure.tier)
             if after is not None:
-                requalify = self.calendar.add(tier_since, parse_duration(after))
+                requalify = self._add(tier_since, after)
         follow_up = self._follow_up(state, measure.tier, tier_since)
         slas = []
         for sla in self.slas:
             reached = self._stage_reached_at(state, sla.stage)
             if reached is None:
                 continue
-            deadline = self.calendar.add(reached, sla.within)
+            deadline = self._add(reached, sla.within)
             met = state.sla_met.get(sla.id)
             slas.append(
                 {
@@ -704,18 +845,26 @@ class Scorer:
                     or (met is not None and met > deadline),
                 }
             )
-        frozen = state.snapshot()
-        frozen_ctx = Context(
-            frozen.attributes,
-            score=ctx.score,
-            letter=ctx.letter,
-            tier=ctx.tier,
-            components=ctx.components,
-            counts=frozen,
-            now=now,
-        )
+        # The explanation is built when it is read, from the state as it is now: results
+        # share a view of the state that the next event replaces with a copy (copy on write).
+        view_ref = state._view
+        view = view_ref() if view_ref is not None else None
+        if view is None:
+            view = _View(state)
+            state._view = weakref.ref(view)
+        components = ctx.components
 
         def explainer() -> dict[str, Any]:
+            frozen = view.state
+            frozen_ctx = Context(
+                frozen.attributes,
+                score=measure.score,
+                letter=measure.letter,
+                tier=measure.tier,
+                components=components,
+                counts=frozen,
+                now=now,
+            )
             return self._explain(
                 frozen,
                 measure,
@@ -725,7 +874,7 @@ class Scorer:
                 next_action,
                 action_reason,
                 owner,
-                owner_reason,
+                owner_rule(frozen_ctx) if owner_rule is not None else owner_reason,
             )
 
         return ScoreResult(
@@ -763,13 +912,13 @@ class Scorer:
         if not workflows or tier not in workflows or tier_since is None:
             return None
         workflow = workflows[tier]
-        step = workflow.follow_up_within or workflow.follow_up_every
+        step = self._wf_follow.get(tier)
         if step is None:
             return None
         anchor = tier_since
         if state.contacted_ts is not None and state.contacted_ts > anchor:
             anchor = state.contacted_ts
-        due = self.calendar.add(anchor, parse_duration(step))
+        due = self._add(anchor, step)
         return {
             "due": _iso(due),
             "action": workflow.follow_up or "follow_up",
@@ -877,18 +1026,22 @@ class Scorer:
             due = None
             reason = f"workflow for tier {measure.tier}"
             if workflow.due is not None and tier_since is not None:
-                due = self.calendar.add(tier_since, parse_duration(workflow.due))
+                due = self._add(tier_since, self._wf_due[measure.tier])
                 reason += f": {workflow.action} within {workflow.due} of entering the tier at {_iso(tier_since)}"
             return workflow.action, due, reason
         return None, None, None
 
-    def _owner(self, ctx: Context) -> tuple[str | None, str | None]:
+    def _owner(
+        self, ctx: Context
+    ) -> tuple[str | None, Callable[[Context], str] | None, str | None]:
+        """The owner, and why: the matching routing rule's words (built when the explanation
+        is read), or a fixed reason."""
         for i, (owner, rule) in enumerate(self.routing):
             if rule.test(ctx):
-                return owner, f"routing rule {i + 1}: {rule.describe(ctx)}"
+                return owner, partial(_routing_reason, i + 1, rule), None
         if self.ruleset.default_owner:
-            return self.ruleset.default_owner, "no routing rule matched: default owner"
-        return None, None
+            return self.ruleset.default_owner, None, "no routing rule matched: default owner"
+        return None, None, None
 
     def _explain(
         self,
@@ -998,6 +1151,19 @@ class Scorer:
         if owner is not None:
             explanation["owner"] = {"value": owner, "because": owner_reason}
         return explanation
+
+
+def _routing_reason(number: int, rule: Compiled, ctx: Context) -> str:
+    return f"routing rule {number}: {rule.describe(ctx)}"
+
+
+def _distinct_seen(entries: list[Any]) -> dict[str, float]:
+    """A layout-1 distinct counter without a window (every (moment, value) kept) as the values
+    seen, each with its first moment; only called at a later event, so all of them count."""
+    seen: dict[str, float] = {}
+    for ts, value in entries:
+        seen.setdefault(value, ts)
+    return seen
 
 
 def _window(per: str | int) -> tuple[str, float]:
