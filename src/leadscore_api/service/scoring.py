@@ -210,7 +210,7 @@ def score_lead(
 
 #: Events between two snapshots of a lead's state: a late event replays at most this many
 #: events besides those that happened after it.
-SNAPSHOT_EVERY = 200
+SNAPSHOT_EVERY = 100
 
 
 def _take_snapshot(
