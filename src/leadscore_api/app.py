@@ -33,10 +33,9 @@ from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.reps import directory_file_for, sync_directory
-from leadscore_api.service.rulesets import RulesetRegistry, record_rulesets
+from leadscore_api.service.rulesets import RulesetRegistry, start_following
 from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
-from leadscore_api.storage.unit_of_work import in_transaction
 
 log = logging.getLogger("leadscore")
 
@@ -83,9 +82,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if checkpointer is not None:
             checkpointer.start()
-        await run_in_threadpool(
-            in_transaction, session_factory, lambda session: record_rulesets(session, registry)
-        )
+        await run_in_threadpool(start_following, session_factory, registry, settings)
         directory = directory_file_for(settings)
         if directory is not None:
             await run_in_threadpool(sync_directory, session_factory, directory)

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     #: start-up (the bundled folder's file included, so routing reaches a person out of the box).
     sync_rep_directory: bool = True
     worker_poll_seconds: float = 0.5
+    #: How often a replica asks the database whether another ruleset version was activated.
+    ruleset_refresh_seconds: float = 2.0
+    #: How often ``serve`` and ``worker`` look for background jobs (re-scores) to run.
+    job_poll_seconds: float = 2.0
     webhook_timestamp_tolerance_seconds: int = 300
 
     webhook_sendgrid_secret: str | None = None
@@ -137,6 +141,8 @@ class Settings(BaseSettings):
         "timer_interval_seconds",
         "worker_poll_seconds",
         "webhook_timestamp_tolerance_seconds",
+        "ruleset_refresh_seconds",
+        "job_poll_seconds",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
