@@ -32,6 +32,7 @@ from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.freshness import time_tick
+from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.reps import directory_file_for, sync_directory
 from leadscore_api.service.rulesets import RulesetRegistry, start_following
 from leadscore_api.storage.checkpoints import WalCheckpointer
@@ -48,18 +49,21 @@ transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 
 @asynccontextmanager
 async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery worker and the timer loop (fresh scores, SLA and re-qualification timers),
-    inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
+    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers) and
+    the background jobs (re-scores), inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
     settings: Settings = app.state.settings
     if not settings.run_worker:
         yield
         return
     metrics: Metrics = app.state.metrics
-    async with running_workers(
-        app.state.session_factory,
-        settings,
-        timer_tick=time_tick(app.state.registry),
-        registry=metrics.registry,
+    async with (
+        running_workers(
+            app.state.session_factory,
+            settings,
+            timer_tick=time_tick(app.state.registry),
+            registry=metrics.registry,
+        ),
+        running_jobs(app.state.session_factory, app.state.registry, settings.job_poll_seconds),
     ):
         yield
 

@@ -65,7 +65,9 @@ class RulesetRegistry:
         *,
         generation: int = -1,
     ) -> None:
-        self._active = _ActiveSet(dict(rulesets), primary_name, dict(activated_at or {}), generation)
+        self._active = _ActiveSet(
+            dict(rulesets), primary_name, dict(activated_at or {}), generation
+        )
         self._snapshot: RulesetRegistry | None = None
         #: Compiled rulesets by sha256: a text is parsed once per process, whatever switches.
         self._compiled: dict[str, LoadedRuleset] = {r.sha256: r for r in rulesets.values()}
@@ -350,7 +352,9 @@ def activate(session: Session, name: str, version: int) -> Switch:
     current = rulesets_repo.current_activations(session).get(name)
     previous = _version_of(session, _id_of(current))
     if current is not None and current.ruleset_id == record.id:
-        return Switch(name, version, record.sha256, previous, False, rulesets_repo.generation(session))
+        return Switch(
+            name, version, record.sha256, previous, False, rulesets_repo.generation(session)
+        )
     _switch(session, name, record.id, current, "activate")
     generation = rulesets_repo.bump_generation(session)
     return Switch(name, version, record.sha256, previous, True, generation)
@@ -498,17 +502,3 @@ def start_following(
     """Record the folder, load the active set, and poll for activations from then on."""
     in_transaction(session_factory, lambda session: record_rulesets(session, registry))
     registry.bind(session_factory, settings.ruleset_refresh_seconds)
-
-
-def reload_folder(
-    session_factory: sessionmaker[Session],
-    settings: Settings,
-    registry: RulesetRegistry | None = None,
-) -> ReloadReport:
-    """Validate and store the rules folder; activate new versions; refresh ``registry`` now."""
-    loaded = load_folder(settings)
-    report = in_transaction(session_factory, lambda session: store_folder(session, loaded))
-    if registry is not None:
-        with session_factory() as session:
-            registry.refresh(session)
-    return report

@@ -23,11 +23,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from leadscore_api.storage.base import Base, JSONType, utcnow
 from leadscore_api.storage.models import BigIntKey
 
-#: Job states: waiting for a worker, leased by one, finished, or given up with an error.
+#: Job states: waiting for a worker, leased by one, finished, given up with an error, replaced.
 JOB_QUEUED = "queued"
 JOB_RUNNING = "running"
 JOB_DONE = "done"
 JOB_FAILED = "failed"
+#: Replaced by a newer job of the same kind before it finished (e.g. another activation).
+JOB_CANCELLED = "cancelled"
 JOB_OPEN = (JOB_QUEUED, JOB_RUNNING)
 
 
