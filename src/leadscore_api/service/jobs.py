@@ -165,15 +165,17 @@ def run_job(
 ) -> JobView:
     """Work on a claimed job chunk by chunk until it is done, taken over, or asked to stop.
 
-    Each chunk scores with the rulesets active when it starts (``registry.current()``), so a
-    job that outlives another activation finishes under the newest versions.
+    Each chunk scores with the rulesets active in the database when it starts, so a job that
+    outlives another activation finishes under the newest versions.
     """
     view = job
     while not view.finished and not should_stop():
 
         def chunk(session: Session) -> JobView:
             return JobView.of(
-                rescore_chunk(session, registry.current(), job.id, owner, chunk_size, utcnow())
+                rescore_chunk(
+                    session, registry.current_in(session), job.id, owner, chunk_size, utcnow()
+                )
             )
 
         try:

@@ -152,6 +152,16 @@ class RulesetRegistry:
         self.refresh_if_due()
         return self.snapshot()
 
+    def current_in(self, session: Session) -> RulesetRegistry:
+        """The set active as of ``session``'s transaction (one indexed read), frozen.
+
+        For work that must not run a moment on a stale set, such as a re-score chunk queued
+        by the very activation this process has not picked up yet.
+        """
+        if rulesets_repo.generation(session) != self.generation:
+            self.refresh(session)
+        return self.snapshot()
+
     def refresh_due(self) -> bool:
         """Whether the next :meth:`refresh_if_due` would ask the database (no I/O)."""
         return (
