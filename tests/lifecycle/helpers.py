@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-
 from tests.api.helpers import event
 
 PRIMARY = "trial"
@@ -31,9 +30,7 @@ stages:
 """
 
 #: A file that does not validate: the points on line 8 are not a number.
-INVALID = TEMPLATE.format(version=9, visit=10).replace(
-    "points: 10}", "points: lots}"
-)
+INVALID = TEMPLATE.format(version=9, visit=10).replace("points: 10}", "points: lots}")
 INVALID_LINE = 8
 
 

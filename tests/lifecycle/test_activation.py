@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
 
 from leadscore_api.app import create_app
 from leadscore_api.cli import main
 from leadscore_api.config import Settings
 from leadscore_api.storage.migrate import upgrade_database
-from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
 
 from .helpers import (
     INVALID,

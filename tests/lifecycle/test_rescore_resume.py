@@ -15,13 +15,13 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tests.conftest import TEST_ADMIN_KEY, make_settings
 
 from leadscore_api.app import create_app
 from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.lifecycle_models import Job
 from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import Lead, ScoreChange
-from tests.conftest import TEST_ADMIN_KEY, make_settings
 
 from .helpers import PRIMARY, cli_env, leadscore_command, post_events, visits, write_rules
 
@@ -44,7 +44,9 @@ def _populate(database_url: str, rules: Path, events: list[dict[str, Any]]) -> N
     write_rules(rules, version=1, visit=10)
     settings = make_settings(database_url, rules_dir=rules, primary_ruleset=PRIMARY)
     upgrade_database(database_url)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}) as c:
+    with TestClient(
+        create_app(settings), headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}
+    ) as c:
         post_events(c, events)
         write_rules(rules, version=2, visit=25)
         response = c.post("/v1/rulesets/reload")
@@ -71,9 +73,7 @@ def _outcome(database_url: str) -> dict[str, Any]:
             leads = {lead.id: lead for lead in session.scalars(select(Lead))}
             rows: dict[str, list[tuple[Any, ...]]] = {lead_id: [] for lead_id in leads}
             for change in session.scalars(
-                select(ScoreChange)
-                .where(ScoreChange.cause == "rescore")
-                .order_by(ScoreChange.id)
+                select(ScoreChange).where(ScoreChange.cause == "rescore").order_by(ScoreChange.id)
             ):
                 rows[change.lead_id].append(
                     (
@@ -85,7 +85,7 @@ def _outcome(database_url: str) -> dict[str, Any]:
                     )
                 )
             return {
-                lead.email: (
+                str(lead.email): (
                     lead.score,
                     lead.tier,
                     lead.stage,
