@@ -127,7 +127,7 @@ class ReloadedFileOut(BaseModel):
     version: int
     sha256: str
     path: str
-    status: Literal["activated", "unchanged", "stored"] = Field(
+    status: Literal["activated", "unchanged"] = Field(
         description="`activated`: a version seen for the first time, now active;"
         " `unchanged`: already stored (a rollback is not undone by a reload)."
     )

@@ -17,6 +17,7 @@ request scores with one set from start to end even if a swap happens meanwhile.
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import threading
 import time
@@ -68,6 +69,8 @@ class RulesetRegistry:
         self._active = _ActiveSet(
             dict(rulesets), primary_name, dict(activated_at or {}), generation
         )
+        #: What the rules folder held when the process started (stored at start-up).
+        self.folder: dict[str, LoadedRuleset] = dict(rulesets)
         self._snapshot: RulesetRegistry | None = None
         #: Compiled rulesets by sha256: a text is parsed once per process, whatever switches.
         self._compiled: dict[str, LoadedRuleset] = {r.sha256: r for r in rulesets.values()}
@@ -75,6 +78,9 @@ class RulesetRegistry:
         self._refresh_seconds = 2.0
         self._checked_at = float("-inf")
         self._refresh_lock = threading.Lock()
+        self._ticket_lock = threading.Lock()
+        self._tickets = itertools.count(1)
+        self._applied_ticket = 0
 
     @classmethod
     def load(cls, settings: Settings) -> RulesetRegistry:
@@ -144,6 +150,10 @@ class RulesetRegistry:
             frozen._refresh_seconds = self._refresh_seconds
             frozen._checked_at = float("-inf")
             frozen._refresh_lock = self._refresh_lock
+            frozen._ticket_lock = self._ticket_lock
+            frozen._tickets = self._tickets
+            frozen._applied_ticket = 0
+            frozen.folder = self.folder
             self._snapshot = frozen
         return frozen
 
@@ -191,6 +201,8 @@ class RulesetRegistry:
 
     def refresh(self, session: Session) -> None:
         """Load the active versions stored in the database now (raises ``RegistryError``)."""
+        with self._ticket_lock:
+            ticket = next(self._tickets)
         generation = rulesets_repo.generation(session)
         rulesets: dict[str, LoadedRuleset] = {}
         activated_at: dict[str, datetime] = {}
@@ -200,7 +212,12 @@ class RulesetRegistry:
         primary = self.primary_name
         if primary not in rulesets:
             raise RegistryError(f"no active version of the primary ruleset {primary!r} is stored")
-        self._active = _ActiveSet(rulesets, primary, activated_at, generation)
+        with self._ticket_lock:
+            # Two threads refreshing at once: the one that started reading first (and so may
+            # have read the older state) must not overwrite the other's set.
+            if ticket > self._applied_ticket:
+                self._applied_ticket = ticket
+                self._active = _ActiveSet(rulesets, primary, activated_at, generation)
         self._checked_at = time.monotonic()
 
     def _compile(self, record: RulesetRecord) -> LoadedRuleset:
@@ -218,7 +235,7 @@ def stored_name(record: RulesetRecord) -> str:
 
 # -- the lifecycle: reload, activate, roll back ------------------------------------------------
 
-FileStatus = Literal["activated", "unchanged", "stored"]
+FileStatus = Literal["activated", "unchanged"]
 
 
 @dataclass
@@ -445,17 +462,10 @@ def list_versions(session: Session, name: str) -> list[StoredVersion]:
 
 
 def get_version(session: Session, name: str, version: int) -> StoredVersion:
-    for stored in list_versions(session, name):
-        if stored.record.version == version and (
-            stored.active or stored.record.id == _latest_id(session, name, version)
-        ):
-            return stored
-    raise NotFound(f"no stored version {version} of ruleset {name!r}")
-
-
-def _latest_id(session: Session, name: str, version: int) -> int | None:
     record = rulesets_repo.by_version(session, name, version)
-    return record.id if record is not None else None
+    if record is None:
+        raise NotFound(f"no stored version {version} of ruleset {name!r}")
+    return next(s for s in list_versions(session, name) if s.record.id == record.id)
 
 
 def diff_versions(session: Session, name: str, old: int, new: int) -> str:
@@ -500,7 +510,7 @@ def record_rulesets(session: Session, registry: RulesetRegistry) -> None:
     invalid file does: the service never starts on a ruleset it cannot trace.
     """
     try:
-        store_folder(session, registry.rulesets)
+        store_folder(session, registry.folder)
     except Conflict as exc:
         raise RegistryError(exc.detail) from None
     registry.refresh(session)
