@@ -235,3 +235,59 @@ def test_activation_with_rescore_rescores_every_lead_in_the_serving_process(
             assert len(rescored) == (0 if email == "zero@x.it" else 1), history
             for row in rescored:
                 assert row["ruleset"]["version"] == 2
+
+
+def test_the_cli_lists_shows_diffs_and_switches_versions_the_replicas_serve(
+    replicas: Replicas,
+) -> None:
+    env = cli_env(replicas.settings.database_url, replicas.rules)
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["rules", *args], env=env)
+        assert result.exit_code == 0, (args, result.output, result.stderr)
+        return result.stdout
+
+    write_rules(replicas.rules, version=2, visit=30)
+    assert "trial.yaml: activated (trial v2," in run("reload")
+    eventually(lambda: active_version(replicas.a) == 2, what="replica a to serve v2")
+
+    listed = run("list", PRIMARY).splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [["  trial", "v1"], ["* trial", "v2"]]
+    assert run("list").startswith(f"{PRIMARY}\tv2\t")
+    diff = run("diff", PRIMARY, "1", "2")
+    assert "-      - {id: visit, on: page.viewed, points: 10}\n" in diff
+    assert "+      - {id: visit, on: page.viewed, points: 30}\n" in diff
+
+    assert run("rollback", PRIMARY) == f"{PRIMARY}: rolled back v2 -> v1\n"
+    eventually(lambda: active_version(replicas.b) == 1, what="replica b to serve v1")
+    assert _score_of_new_lead(replicas.b, "cli-one@example.it") == (20, 1)
+    assert "points: 10}" in run("show", PRIMARY)
+    assert "points: 30}" in run("show", PRIMARY, "2")
+
+    assert run("activate", PRIMARY, "2") == f"{PRIMARY}: v1 -> v2 active\n"
+    eventually(lambda: active_version(replicas.a) == 2, what="replica a to serve v2 again")
+    assert _score_of_new_lead(replicas.a, "cli-two@example.it") == (60, 2)
+
+    refused = runner.invoke(main, ["rules", "activate", PRIMARY, "5"], env=env)
+    assert refused.exit_code == 1
+    assert refused.stderr == f"error: no stored version 5 of ruleset {PRIMARY!r}\n"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/rulesets/bad%00name/versions",
+        "/v1/rulesets/Trial/diff?from=1&to=2",
+        "/v1/rulesets/trial/diff?from=1&to=99999999999999999999",
+        "/v1/rulesets/trial/activate?version=-1",
+        "/v1/jobs/job%00x",
+    ],
+)
+def test_hostile_names_and_numbers_are_refused_before_the_database(
+    client: TestClient, path: str
+) -> None:
+    method = "POST" if "activate" in path else "GET"
+    response = client.request(method, path)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -16,7 +16,9 @@ from leadscore_api.storage.unit_of_work import in_transaction
 
 router = APIRouter(tags=["jobs"])
 
-JobId = Annotated[str, Path(min_length=1, max_length=40, description="The job's id.")]
+JobId = Annotated[
+    str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_]+$", description="The job's id.")
+]
 EmitWebhooks = Annotated[
     bool,
     Query(description="Send the transitions the re-score causes to the webhook subscriptions."),

@@ -25,7 +25,15 @@ from leadscore_api.service.rulesets import RulesetRegistry, StoredVersion, Switc
 
 router = APIRouter(tags=["rulesets"])
 
-Name = Annotated[str, Path(min_length=1, max_length=100, description="The ruleset's name.")]
+Name = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="The ruleset's name (as rule files spell it).",
+    ),
+]
 Version = Annotated[int, Path(ge=1, le=2_147_483_647, description="A stored version number.")]
 Rescore = Annotated[
     bool,
