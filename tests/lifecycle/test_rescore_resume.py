@@ -18,12 +18,22 @@ from sqlalchemy import select
 from tests.conftest import TEST_ADMIN_KEY, make_settings
 
 from leadscore_api.app import create_app
+from leadscore_api.service import jobs
 from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.lifecycle_models import Job
 from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import Lead, ScoreChange
+from leadscore_api.storage.unit_of_work import in_transaction
 
-from .helpers import PRIMARY, cli_env, leadscore_command, post_events, visits, write_rules
+from .helpers import (
+    PRIMARY,
+    cli_env,
+    eventually,
+    leadscore_command,
+    post_events,
+    visits,
+    write_rules,
+)
 
 LEADS = 30
 CHUNK = 2
@@ -175,3 +185,36 @@ def test_a_killed_rescore_resumes_and_ends_like_an_uninterrupted_one(
     again = _rescore(database_url, rules)
     assert again.returncode == 0, again.stderr
     assert _outcome(database_url) == resumed
+
+
+def test_leadscore_worker_runs_a_queued_rescore(database_url: str, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    _populate(database_url, rules, _history())
+    engine = make_engine(database_url)
+    factory = make_session_factory(engine)
+    try:
+        job = in_transaction(factory, lambda s: jobs.create_rescore(s, reason="test"))
+        env = cli_env(database_url, rules, LEADSCORE_JOB_POLL_SECONDS="0.2")
+        with subprocess.Popen(
+            [*leadscore_command(), "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ) as worker:
+            try:
+
+                def finished() -> bool:
+                    with factory() as session:
+                        return jobs.get_job(session, job.id).status == "done"
+
+                eventually(finished, timeout=60, what="the worker to finish the re-score")
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=30)
+        with factory() as session:
+            assert jobs.get_job(session, job.id).done == LEADS
+            versions = set(session.scalars(select(Lead.ruleset_version)))
+        assert versions == {2}
+    finally:
+        engine.dispose()
