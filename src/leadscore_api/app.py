@@ -14,6 +14,8 @@ replicas starting together do not race on DDL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -34,7 +36,11 @@ from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.reps import directory_file_for, sync_directory
-from leadscore_api.service.rulesets import RulesetRegistry, start_following
+from leadscore_api.service.rulesets import (
+    RulesetRegistry,
+    follow_activations,
+    start_following,
+)
 from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
 
@@ -68,6 +74,21 @@ async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+@asynccontextmanager
+async def ruleset_follower(app: FastAPI) -> AsyncIterator[None]:
+    """Every process follows the ruleset versions the database says are active."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        follow_activations(app.state.registry, stop), name="leadscore-rulesets"
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(
     settings: Settings | None = None, *, lifespan_hooks: Sequence[LifespanHook] = ()
 ) -> FastAPI:
@@ -80,7 +101,7 @@ def create_app(
     read_session_factory = make_session_factory(engine, read_only=True)
     metrics = Metrics()
 
-    hooks: list[LifespanHook] = [*lifespan_hooks, delivery_loops]
+    hooks: list[LifespanHook] = [*lifespan_hooks, ruleset_follower, delivery_loops]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

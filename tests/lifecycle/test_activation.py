@@ -18,6 +18,7 @@ from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
 from leadscore_api.app import create_app
 from leadscore_api.cli import main
 from leadscore_api.config import Settings
+from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.migrate import upgrade_database
 
 from .helpers import (
@@ -64,6 +65,12 @@ def replicas(database_url: str, tmp_path: Path) -> Iterator[Replicas]:
         yield Replicas(a, b, rules, settings)
 
 
+def _live_version(client: TestClient) -> int:
+    """The version the replica's own registry holds now (what a batch writer scores with)."""
+    registry: RulesetRegistry = client.app.state.registry  # type: ignore[attr-defined]
+    return registry.rulesets[PRIMARY].version
+
+
 def _lead(client: TestClient, lead_id: str) -> dict[str, object]:
     response = client.get(f"/v1/leads/{lead_id}")
     assert response.status_code == 200, response.text
@@ -91,7 +98,9 @@ def test_activation_and_rollback_change_what_both_replicas_serve(replicas: Repli
         (PRIMARY, 2, "activated")
     ]
     assert active_version(a) == 2
-    eventually(lambda: active_version(b) == 2, what="replica b to serve v2")
+    # Replica b follows on its own, with no request asking it to.
+    eventually(lambda: _live_version(b) == 2, what="replica b to load v2 unasked")
+    assert active_version(b) == 2
     assert _score_of_new_lead(b, "second@example.it") == (60, 2)
 
     versions = b.get(f"/v1/rulesets/{PRIMARY}/versions").json()["items"]

@@ -16,6 +16,8 @@ request scores with one set from start to end even if a swap happens meanwhile.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 import itertools
 import logging
@@ -119,6 +121,10 @@ class RulesetRegistry:
     @property
     def generation(self) -> int:
         return self._active.generation
+
+    @property
+    def refresh_seconds(self) -> float:
+        return self._refresh_seconds
 
     @property
     def primary(self) -> LoadedRuleset:
@@ -522,3 +528,17 @@ def start_following(
     """Record the folder, load the active set, and poll for activations from then on."""
     in_transaction(session_factory, lambda session: record_rulesets(session, registry))
     registry.bind(session_factory, settings.ruleset_refresh_seconds)
+
+
+async def follow_activations(registry: RulesetRegistry, stop: asyncio.Event) -> None:
+    """Check the activation generation every refresh interval until ``stop`` is set.
+
+    Requests that take the rulesets through the API's dependency check too; this loop makes a
+    process follow activations even when no request asks (a batch writer holding the registry,
+    an idle replica that will get traffic), so that "within seconds" holds for every path.
+    """
+    while not stop.is_set():
+        if registry.refresh_due():
+            await asyncio.to_thread(registry.refresh_if_due)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=max(0.05, registry.refresh_seconds / 2))
