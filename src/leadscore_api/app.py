@@ -15,6 +15,8 @@ replicas starting together do not race on DDL.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -35,11 +37,15 @@ from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service.api_keys import PrincipalCache
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
+from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.reps import directory_file_for, sync_directory
-from leadscore_api.service.rulesets import RulesetRegistry, record_rulesets
+from leadscore_api.service.rulesets import (
+    RulesetRegistry,
+    follow_activations,
+    start_following,
+)
 from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
-from leadscore_api.storage.unit_of_work import in_transaction
 
 log = logging.getLogger("leadscore")
 
@@ -52,20 +58,38 @@ transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 
 @asynccontextmanager
 async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery worker and the timer loop (fresh scores, SLA and re-qualification timers),
-    inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
+    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers) and
+    the background jobs (re-scores), inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
     settings: Settings = app.state.settings
     if not settings.run_worker:
         yield
         return
     metrics: Metrics = app.state.metrics
-    async with running_workers(
-        app.state.session_factory,
-        settings,
-        timer_tick=time_tick(app.state.registry),
-        registry=metrics.registry,
+    async with (
+        running_workers(
+            app.state.session_factory,
+            settings,
+            timer_tick=time_tick(app.state.registry),
+            registry=metrics.registry,
+        ),
+        running_jobs(app.state.session_factory, app.state.registry, settings.job_poll_seconds),
     ):
         yield
+
+
+@asynccontextmanager
+async def ruleset_follower(app: FastAPI) -> AsyncIterator[None]:
+    """Every process follows the ruleset versions the database says are active."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        follow_activations(app.state.registry, stop), name="leadscore-rulesets"
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(
@@ -86,15 +110,13 @@ def create_app(
         max_group_events=settings.ingest_group_events,
     )
 
-    hooks: list[LifespanHook] = [*lifespan_hooks, delivery_loops]
+    hooks: list[LifespanHook] = [*lifespan_hooks, ruleset_follower, delivery_loops]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if checkpointer is not None:
             checkpointer.start()
-        await run_in_threadpool(
-            in_transaction, session_factory, lambda session: record_rulesets(session, registry)
-        )
+        await run_in_threadpool(start_following, session_factory, registry, settings)
         directory = directory_file_for(settings)
         if directory is not None:
             await run_in_threadpool(sync_directory, session_factory, directory)

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     #: How long a verified API key is trusted without asking the database again. A key revoked
     #: on another replica stops working there within this time (at once on this one).
     api_key_cache_seconds: float = 5.0
+    #: How often a replica asks the database whether another ruleset version was activated.
+    ruleset_refresh_seconds: float = 2.0
+    #: How often ``serve`` and ``worker`` look for background jobs (re-scores) to run.
+    job_poll_seconds: float = 2.0
     webhook_timestamp_tolerance_seconds: int = 300
 
     webhook_sendgrid_secret: str | None = None
@@ -151,6 +155,8 @@ class Settings(BaseSettings):
         "worker_poll_seconds",
         "webhook_timestamp_tolerance_seconds",
         "ingest_group_events",
+        "ruleset_refresh_seconds",
+        "job_poll_seconds",
     )
     @classmethod
     def _positive(cls, value: float) -> float:

@@ -1,4 +1,4 @@
-"""Process-wide tuning for ``leadscore serve``, applied once the application has started.
+"""Process-wide behaviour of ``leadscore serve``: start-up tuning, and SIGHUP reloading the rules.
 
 Python's cyclic garbage collector periodically walks every object that has lived long enough,
 and a started service holds a lot of them: modules, compiled rulesets, SQLAlchemy's and
@@ -13,11 +13,22 @@ applications, keeps the collector's defaults.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from leadscore_api.errors import LeadscoreError
+from leadscore_api.service import lifecycle
+
+log = logging.getLogger("leadscore")
 
 
 @asynccontextmanager
@@ -29,3 +40,54 @@ async def freeze_startup_objects(_app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+@asynccontextmanager
+async def reload_on_hangup(app: FastAPI) -> AsyncIterator[None]:
+    """A lifespan hook: ``kill -HUP <pid>`` reloads the rules folder, like ``rules reload``.
+
+    The reload runs in a thread; its outcome goes to the log: each file and what happened to
+    it, or, when the folder does not validate, each ``FILE:LINE: problem`` and the fact that
+    the active versions stay. Without this handler SIGHUP would end the process.
+    """
+    loop = asyncio.get_running_loop()
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(_reload(app))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(hangup, on_hangup)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(hangup)
+        for task in list(tasks):
+            with contextlib.suppress(Exception):
+                await task
+
+
+async def _reload(app: FastAPI) -> None:
+    log.info("SIGHUP: reloading the rules folder")
+    try:
+        report, _job = await run_in_threadpool(
+            lifecycle.reload,
+            app.state.session_factory,
+            app.state.registry,
+            app.state.settings,
+            lifecycle.Rescore(),
+        )
+    except LeadscoreError as exc:
+        lines = [f"{e['field']}: {e['message']}" for e in exc.errors or []] or [exc.detail]
+        log.error("SIGHUP: reload refused, the active versions stay:\n%s", "\n".join(lines))
+        return
+    except Exception:
+        log.exception("SIGHUP: reload failed, the active versions stay")
+        return
+    for item in report.files:
+        log.info("SIGHUP: %s: %s (%s v%d)", item.path, item.status, item.name, item.version)

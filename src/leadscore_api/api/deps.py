@@ -37,8 +37,12 @@ async def get_settings(request: Request) -> Settings:
 
 
 async def get_registry(request: Request) -> RulesetRegistry:
+    """The active rulesets, frozen for this request; the database is asked at most every
+    ``LEADSCORE_RULESET_REFRESH_SECONDS`` (in a thread), never on most requests."""
     registry: RulesetRegistry = request.app.state.registry
-    return registry
+    if registry.refresh_due():
+        await run_in_threadpool(registry.refresh_if_due)
+    return registry.snapshot()
 
 
 async def get_session_factory(request: Request) -> sessionmaker[Session]:

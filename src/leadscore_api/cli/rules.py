@@ -1,4 +1,5 @@
-"""``leadscore rules``: validate, test, export the schema of, and evaluate ruleset files.
+"""``leadscore rules``: validate, test, export the schema of, and evaluate ruleset files; list,
+show, diff, activate, roll back and reload the stored versions, and re-score every lead.
 
 Problems are printed as ``FILE:LINE: message`` and reflected in the exit status, so the
 commands fit in an editor's problem matcher and in CI.
@@ -9,13 +10,16 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from leadscore_api.config import BUNDLED_RULES_DIR
+from leadscore_api.config import BUNDLED_RULES_DIR, Settings
+from leadscore_api.errors import LeadscoreError, NotFound
 from leadscore_api.scoring.engine import ScoringEvent
 from leadscore_api.scoring.loader import (
     LoadedRuleset,
@@ -28,6 +32,11 @@ from leadscore_api.scoring.loader import (
 )
 from leadscore_api.scoring.model import Ruleset
 from leadscore_api.scoring.ruletests import parse_time, run_test
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from leadscore_api.service.jobs import JobView
 
 
 def _default_paths(paths: tuple[str, ...]) -> list[str]:
@@ -44,7 +53,7 @@ def _fail(problems: list[Problem]) -> None:
 
 @click.group()
 def rules() -> None:
-    """Validate, test and try out ruleset files."""
+    """Validate, test and try out ruleset files; switch the versions the service serves."""
 
 
 @rules.command()
@@ -208,6 +217,285 @@ def eval_command(
     seed = ScoringEvent("lead-attributes", "lead.attributes_updated", start, {}, attributes)
     _, result = loaded.scorer.replay([seed, *events], moment)
     click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+
+
+# -- the stored versions: list, show, diff, activate, roll back, reload, re-score -------------
+
+
+@contextmanager
+def _database(*, migrate: bool = False) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    """The configured database (migrated first for commands that write), disposed after."""
+    from leadscore_api.cli.serve import checked_settings
+    from leadscore_api.storage.db import make_engine, make_session_factory
+    from leadscore_api.storage.migrate import upgrade_database
+
+    settings = checked_settings()
+    if migrate:
+        upgrade_database(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        yield settings, make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def _refuse(exc: LeadscoreError) -> NoReturn:
+    """A service refusal on the terminal: ``FILE:LINE: message`` lines when it names files."""
+    if exc.errors:
+        for error in exc.errors:
+            click.echo(f"{error['field']}: {error['message']}", err=True)
+    else:
+        click.echo(f"error: {exc.detail}", err=True)
+    sys.exit(1)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else "-"
+
+
+@rules.command("list")
+@click.argument("name", required=False)
+def list_command(name: str | None) -> None:
+    """The active rulesets; with NAME, every stored version of it (* marks the active one)."""
+    from leadscore_api.service import rulesets as service
+    from leadscore_api.storage.repositories import rulesets as rulesets_repo
+
+    with _database() as (_settings, factory), factory() as session:
+        if name is None:
+            rows = rulesets_repo.active_records(session)
+            if not rows:
+                click.echo("no active rulesets stored yet (start the service or reload)", err=True)
+            for activation, record in rows:
+                click.echo(
+                    f"{record.name}\tv{record.version}\t{record.sha256[:12]}"
+                    f"\t{activation.action} {_when(activation.activated_at)}"
+                )
+            return
+        try:
+            versions = service.list_versions(session, name)
+        except LeadscoreError as exc:
+            _refuse(exc)
+        for stored in versions:
+            mark = "*" if stored.active else " "
+            click.echo(
+                f"{mark} {stored.record.name}\tv{stored.record.version}"
+                f"\t{stored.record.sha256[:12]}\tstored {_when(stored.record.activated_at)}"
+                f"\tactivated {_when(stored.activated_at)}"
+            )
+
+
+@rules.command("show")
+@click.argument("name")
+@click.argument("version", required=False, type=click.IntRange(min=1))
+def show_command(name: str, version: int | None) -> None:
+    """Print the YAML of the active version of NAME (or of a stored VERSION)."""
+    from leadscore_api.service import rulesets as service
+
+    with _database() as (_settings, factory), factory() as session:
+        try:
+            versions = service.list_versions(session, name)
+            if version is None:
+                active = [s for s in versions if s.active]
+                if not active:
+                    _refuse(NotFound(f"no active version of ruleset {name!r}"))
+                stored = active[0]
+            else:
+                stored = service.get_version(session, name, version)
+        except LeadscoreError as exc:
+            _refuse(exc)
+        click.echo(stored.record.content, nl=not stored.record.content.endswith("\n"))
+
+
+@rules.command("diff")
+@click.argument("name")
+@click.argument("old", type=click.IntRange(min=1))
+@click.argument("new", type=click.IntRange(min=1))
+def diff_command(name: str, old: int, new: int) -> None:
+    """A unified diff of two stored versions of NAME."""
+    from leadscore_api.service import rulesets as service
+
+    with _database() as (_settings, factory), factory() as session:
+        try:
+            text = service.diff_versions(session, name, old, new)
+        except LeadscoreError as exc:
+            _refuse(exc)
+    click.echo(text, nl=False)
+
+
+_rescore_option = click.option(
+    "--rescore", is_flag=True, help="Queue a re-score of every lead under the new version."
+)
+_webhooks_option = click.option(
+    "--emit-webhooks", is_flag=True, help="Send the re-score's transitions to subscriptions."
+)
+
+
+def _job_line(job: JobView | None) -> None:
+    if job is not None:
+        click.echo(
+            f"re-score queued: job {job.id} ({job.total} leads); follow it with"
+            f" `leadscore rules rescore` or GET /v1/jobs/{job.id}"
+        )
+
+
+@rules.command("activate")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1))
+@_rescore_option
+@_webhooks_option
+def activate_command(name: str, version: int, rescore: bool, emit_webhooks: bool) -> None:
+    """Serve stored VERSION of NAME on every replica (within the refresh interval)."""
+    from leadscore_api.service import lifecycle
+
+    with _database(migrate=True) as (_settings, factory):
+        try:
+            switch, job = lifecycle.activate(
+                factory, None, name, version, lifecycle.Rescore(rescore, emit_webhooks)
+            )
+        except LeadscoreError as exc:
+            _refuse(exc)
+    if switch.changed:
+        click.echo(f"{name}: v{switch.previous_version} -> v{switch.version} active")
+    else:
+        click.echo(f"{name}: v{switch.version} was already active")
+    _job_line(job)
+
+
+@rules.command("rollback")
+@click.argument("name")
+@_rescore_option
+@_webhooks_option
+def rollback_command(name: str, rescore: bool, emit_webhooks: bool) -> None:
+    """Serve again the version of NAME that was active before the current one."""
+    from leadscore_api.service import lifecycle
+
+    with _database(migrate=True) as (_settings, factory):
+        try:
+            switch, job = lifecycle.rollback(
+                factory, None, name, lifecycle.Rescore(rescore, emit_webhooks)
+            )
+        except LeadscoreError as exc:
+            _refuse(exc)
+    click.echo(f"{name}: rolled back v{switch.previous_version} -> v{switch.version}")
+    _job_line(job)
+
+
+@rules.command("reload")
+@_rescore_option
+@_webhooks_option
+def reload_command(rescore: bool, emit_webhooks: bool) -> None:
+    """Validate and store the rules folder; activate the versions seen for the first time.
+
+    Invalid files are listed as FILE:LINE: problem and nothing changes; a changed file that
+    kept its version number is refused. Running services follow within seconds.
+    """
+    from leadscore_api.service import lifecycle
+
+    with _database(migrate=True) as (settings, factory):
+        try:
+            report, job = lifecycle.reload(
+                factory, None, settings, lifecycle.Rescore(rescore, emit_webhooks)
+            )
+        except LeadscoreError as exc:
+            _refuse(exc)
+    for item in report.files:
+        click.echo(f"{item.path}: {item.status} ({item.name} v{item.version}, {item.sha256[:12]})")
+    _job_line(job)
+
+
+class _Progress:
+    """Progress on stderr: one redrawn bar on a terminal, a line per chunk otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, job: JobView) -> None:
+        total = job.total or 0
+        share = min(1.0, job.done / total) if total else 1.0
+        if self.tty:
+            filled = int(share * 30)
+            bar = "#" * filled + "." * (30 - filled)
+            click.echo(
+                f"\rrescore [{bar}] {job.done}/{total} leads {share:.0%}", err=True, nl=False
+            )
+        else:
+            click.echo(f"rescore {job.id}: {job.done}/{total} leads ({share:.0%})", err=True)
+
+    def close(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
+@rules.command("rescore")
+@_webhooks_option
+@click.option("--job", "job_id", help="The job to run (default: the open one, else a new one).")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="Leads per transaction.",
+)
+@click.option(
+    "--pause",
+    type=click.FloatRange(0, 60),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait between chunks, leaving the database to live traffic.",
+)
+def rescore_command(emit_webhooks: bool, job_id: str | None, chunk_size: int, pause: float) -> None:
+    """Re-score every lead under the active rulesets, in the foreground, with progress.
+
+    Continues the unfinished re-score (an activation's, or one killed midway) from its last
+    finished chunk, or starts one. Webhooks go out only with --emit-webhooks (for a new job).
+    """
+    from leadscore_api.service import jobs
+    from leadscore_api.service.rulesets import RegistryError, RulesetRegistry
+    from leadscore_api.storage.unit_of_work import in_transaction
+
+    with _database(migrate=True) as (settings, factory):
+        registry = RulesetRegistry({}, settings.primary_ruleset)
+        try:
+            with factory() as session:
+                registry.refresh(session)
+        except (RegistryError, RuleFileError) as exc:
+            click.echo(
+                f"error: {exc}; start the service or run `leadscore rules reload` first", err=True
+            )
+            sys.exit(1)
+        registry.bind(factory, settings.ruleset_refresh_seconds)
+        try:
+            with factory() as session:
+                job = jobs.get_job(session, job_id) if job_id else jobs.open_rescore(session)
+            if job is None:
+                job = in_transaction(
+                    factory,
+                    lambda s: jobs.create_rescore(s, emit_webhooks=emit_webhooks, reason="cli"),
+                )
+        except LeadscoreError as exc:
+            _refuse(exc)
+        owner = jobs.worker_name()
+        claimed = jobs.claim(factory, owner, job.id)
+        if claimed is None:
+            click.echo(f"job {job.id} is {job.status}; nothing to do", err=True)
+            sys.exit(0 if job.status == "done" else 1)
+        progress = _Progress()
+        progress(claimed)
+        final = jobs.run_job(
+            factory,
+            registry,
+            claimed,
+            owner,
+            chunk_size=chunk_size,
+            pause=pause,
+            on_progress=progress,
+        )
+        progress.close()
+    click.echo(f"job {final.id}: {final.status}, {final.done} leads")
+    if final.status != "done":
+        if final.error:
+            click.echo(f"error: {final.error}", err=True)
+        sys.exit(1)
 
 
 def _register_lifecycle_commands() -> None:

@@ -65,7 +65,10 @@ def checked_settings() -> Settings:
 )
 @click.option("--no-migrate", is_flag=True, help="Do not apply database migrations first.")
 def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
-    """Apply migrations, then serve the HTTP API (settings from LEADSCORE_* / .env)."""
+    """Apply migrations, then serve the HTTP API (settings from LEADSCORE_* / .env).
+
+    SIGHUP reloads the rules folder (as `leadscore rules reload`); the outcome goes to the log.
+    """
     import uvicorn
 
     from leadscore_api.storage.migrate import upgrade_database
@@ -103,9 +106,11 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
 def served_app(settings: Settings | None = None) -> FastAPI:
     """The application as ``leadscore serve`` runs it (also the factory of each worker)."""
     from leadscore_api.app import create_app
-    from leadscore_api.runtime import freeze_startup_objects
+    from leadscore_api.runtime import freeze_startup_objects, reload_on_hangup
 
-    return create_app(settings or load_settings(), lifespan_hooks=[freeze_startup_objects])
+    return create_app(
+        settings or load_settings(), lifespan_hooks=[freeze_startup_objects, reload_on_hangup]
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -1,4 +1,5 @@
-"""``leadscore worker``: the delivery and timer loops (fresh scores, timers) without the HTTP API.
+"""``leadscore worker``: the delivery, timer and job loops (fresh scores, timers, re-scores)
+without the HTTP API.
 
 Run as many as you like against PostgreSQL (rows are claimed with ``FOR UPDATE SKIP LOCKED``);
 on SQLite run one, or none besides ``leadscore serve``, which runs the loops itself unless
@@ -19,6 +20,7 @@ from leadscore_api.cli.serve import checked_rulesets, checked_settings
 from leadscore_api.config import Settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.service.freshness import time_tick
+from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.db import make_engine, make_session_factory
 
@@ -33,9 +35,14 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # Follow the versions the database says are active, as every replica does.
+    rulesets.bind(factory, settings.ruleset_refresh_seconds)
     try:
-        async with running_workers(
-            factory, settings, timer_tick=time_tick(rulesets), registry=registry, **overrides
+        async with (
+            running_workers(
+                factory, settings, timer_tick=time_tick(rulesets), registry=registry, **overrides
+            ),
+            running_jobs(factory, rulesets, settings.job_poll_seconds),
         ):
             await stop.wait()
     finally:
@@ -58,7 +65,7 @@ async def _run(
     help="Serve the worker's Prometheus metrics on this port.",
 )
 def worker(migrate: bool, concurrency: int, batch_size: int, metrics_port: int | None) -> None:
-    """Deliver outbound webhooks and fire time-driven transitions (no HTTP API)."""
+    """Deliver outbound webhooks, fire time-driven transitions, run re-score jobs (no HTTP API)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = checked_settings()
     rulesets = checked_rulesets(settings)

@@ -61,7 +61,7 @@ def time_tick(
     """
 
     def tick(session_factory: sessionmaker[Session], now: datetime) -> int:
-        refresh_due(session_factory, registry, now)
+        refresh_due(session_factory, registry.current(), now)
         return fire_timers(session_factory, now)
 
     return tick

@@ -154,13 +154,16 @@ class GroupCommitter:
     def _run_group(self, group: list[_Request]) -> None:
         self.groups += 1
         self.grouped_requests += len(group)
+        # One frozen set of rulesets per group: an activation on another replica (followed in
+        # the background) never changes the rules in the middle of a batch.
+        registry = self.registry.snapshot()
         if len(group) == 1:
-            self._run_alone(group[0])
+            self._run_alone(group[0], registry)
             return
         items: list[IngestItem] = [item for request in group for item in request.items]
         try:
             results = in_transaction(
-                self.session_factory, lambda session: self._ingest(session, self.registry, items)
+                self.session_factory, lambda session: self._ingest(session, registry, items)
             )
         except Exception as exc:  # one request's problem must not fail its neighbours
             log.info(
@@ -169,7 +172,7 @@ class GroupCommitter:
                 type(exc).__name__,
             )
             for request in group:
-                self._run_alone(request)
+                self._run_alone(request, registry)
             return
         start = 0
         for request in group:
@@ -177,11 +180,11 @@ class GroupCommitter:
             _resolve(request, results[start:end], None)
             start = end
 
-    def _run_alone(self, request: _Request) -> None:
+    def _run_alone(self, request: _Request, registry: RulesetRegistry) -> None:
         try:
             results = in_transaction(
                 self.session_factory,
-                lambda session: self._ingest(session, self.registry, request.items),
+                lambda session: self._ingest(session, registry, request.items),
             )
         except BaseException as exc:
             _resolve(request, None, exc)

@@ -196,9 +196,9 @@ def score_lead(
         pending.scores.append(row)
 
     primary = final[registry.primary_name]
-    # A sweep that finds nothing visible keeps updated_at: CRMs syncing with updated_since
+    # A sweep (or re-score) that finds nothing visible keeps updated_at: CRMs syncing with updated_since
     # must not fetch every lead each time its decimals fade a little.
-    touch = visible_change or cause != "time"
+    touch = visible_change or cause not in ("time", "rescore")
     _apply_summary(
         lead, registry, primary, final, summaries, now, touch=touch, assignee=primary_assignee
     )
