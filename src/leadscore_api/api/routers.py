@@ -6,10 +6,12 @@ from fastapi import APIRouter
 
 from leadscore_api.api import (
     api_keys,
+    costs,
     deliveries,
     events,
     health,
     leads,
+    reports,
     reps,
     rulesets,
     subscriptions,
@@ -26,4 +28,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     subscriptions.router,
     deliveries.router,
     reps.router,
+    reports.router,
+    costs.router,
 )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from leadscore_api.storage import delivery_models, directory_models, models
+from leadscore_api.storage import delivery_models, directory_models, models, report_models
 from leadscore_api.storage.base import Base
 
 #: The modules that declare tables; importing them registers their tables on ``Base.metadata``.
-TABLE_MODULES = (models, delivery_models, directory_models)
+TABLE_MODULES = (models, delivery_models, directory_models, report_models)
 
 
 def all_tables() -> MetaData:
