@@ -289,3 +289,32 @@ def test_bad_report_parameters_are_a_problem_naming_the_field(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert field in [error["field"] for error in response.json()["errors"]]
+
+
+def lead_id(client: TestClient, email: str) -> str:
+    items = client.get("/v1/leads", params={"email": email}).json()["items"]
+    assert len(items) == 1
+    found: str = items[0]["id"]
+    return found
+
+
+def test_an_erased_lead_leaves_the_reports(history: TestClient) -> None:
+    gone = history.delete(f"/v1/leads/{lead_id(history, 'l3@a.it')}")
+    assert gone.status_code == 204, gone.text
+    body = history.get("/v1/reports/summary", params=PERIOD).json()
+    assert body["leads"] == 4
+    assert [step["count"] for step in body["funnel"]] == [4, 2, 1, 1, 1]
+    assert body["crossings"]["totals"] == {"mql": 2, "sql": 2}
+    # L3 was the abandoned hand-over.
+    assert kpis_by_key(body)["abandonment_rate"]["value"] == 0.0
+
+
+def test_a_merged_lead_counts_once_with_both_histories(history: TestClient) -> None:
+    # L4 (D0, arrived third hour) takes L5 (B40, fourth hour) in: one lead, arrived at the first.
+    target, other = lead_id(history, "l4@a.it"), lead_id(history, "l5@a.it")
+    merged = history.post(f"/v1/leads/{target}/merge", json={"other_lead_id": other})
+    assert merged.status_code == 200, merged.text
+    body = history.get("/v1/reports/summary", params=PERIOD).json()
+    assert body["leads"] == 4
+    channels = {item["source"]: item["leads"] for item in body["channels"]}
+    assert channels == {"paid_search": 2, "referral": 2}

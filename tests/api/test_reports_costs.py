@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
+
+from leadscore_api.cli import main
 
 CSV = "text/csv"
 
@@ -112,3 +117,31 @@ def test_csv_import_wants_csv(client: TestClient) -> None:
     response = client.post("/v1/costs/import", json=[{"source": "x"}])
     assert response.status_code == 415
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run commands in an empty folder (no .env, no ./rules) against the test database."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LEADSCORE_DATABASE_URL", database_url)
+    return tmp_path
+
+
+def test_the_command_imports_all_or_nothing_and_lists(cli_env: Path) -> None:
+    runner = CliRunner()
+    bad = cli_env / "bad.csv"
+    bad.write_text("fonte;mese;costo\nsocial;2026-10;12\nsocial;2026-1;3\n", encoding="utf-8")
+    refused = runner.invoke(main, ["costs", "import", str(bad)])
+    assert refused.exit_code == 1
+    assert "rows[2].month" in refused.output
+    assert runner.invoke(main, ["costs", "list"]).output == ""
+
+    good = cli_env / "costs.csv"
+    good.write_text(
+        "fonte;mese;costo\nsocial;2026-10;1.200,00\nfiera;2026-10;0\n", encoding="utf-8"
+    )
+    stored = runner.invoke(main, ["costs", "import", str(good)])
+    assert stored.exit_code == 0, stored.output
+    assert "2 costs stored" in stored.output
+    listed = runner.invoke(main, ["costs", "list"]).output.splitlines()
+    assert listed == ["2026-10\tfiera\t0.00", "2026-10\tsocial\t1200.00"]

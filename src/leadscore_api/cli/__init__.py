@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from leadscore_api.cli.costs import costs
 from leadscore_api.cli.reps import reps
 from leadscore_api.cli.rules import rules
 from leadscore_api.cli.serve import apikey, serve
@@ -21,3 +22,4 @@ main.add_command(serve)
 main.add_command(apikey)
 main.add_command(worker)
 main.add_command(reps)
+main.add_command(costs)

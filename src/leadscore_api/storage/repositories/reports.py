@@ -1,6 +1,7 @@
 """SQL of the reports: every figure is an aggregate computed by the database.
 
-Two queries serve every report:
+Two queries serve every report, both on ``report_history`` (the history's stages and scores in
+plain columns, see ``storage/report_models.py``):
 
 - :func:`cohort_groups` takes the leads that *arrived* in the period (their first history row
   under the model, in event time), works out per lead when it first reached each stage, the
@@ -37,7 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement as _Col
 
-from leadscore_api.storage.models import Lead, LeadScore, Outcome, ScoreChange
+from leadscore_api.storage.models import Lead, LeadScore, Outcome
+from leadscore_api.storage.report_models import ReportHistory
 
 #: Outcomes that mean an opportunity exists (a won deal had one, even if the CRM skipped it).
 OPPORTUNITY_TYPES = ("opportunity.created", "deal.won")
@@ -142,26 +144,22 @@ def source_expression() -> ColumnElement[str]:
 
 def cohort_groups(session: Session, query: CohortQuery) -> list[CohortGroup]:
     dialect = _dialect(session)
-    sc = ScoreChange.__table__.c
-    stage = sc.current["stage"].as_string()
-    score = sc.current["score"].as_float()
-    rank = _stage_rank(stage, query.stages)
-    # JSON null on both backends: the first row of a lead's history under a ruleset.
-    first_row = func.coalesce(cast(sc.previous, String), "null") == "null"
-    arrived = func.min(case((first_row, sc.changed_at)))
+    rh = ReportHistory.__table__.c
+    rank = _stage_rank(rh.stage, query.stages)
+    arrived = func.min(case((rh.arrival, rh.changed_at)))
     reached_cols = [
-        func.min(case((rank >= position, sc.changed_at))).label(f"reached_{position}")
+        func.min(case((rank >= position, rh.changed_at))).label(f"reached_{position}")
         for position in range(1, len(query.stages) + 1)
     ]
     per_lead = (
         select(
-            sc.lead_id.label("lead_id"),
+            rh.lead_id.label("lead_id"),
             arrived.label("arrived_at"),
-            func.max(score).label("best_score"),
+            func.max(rh.score).label("best_score"),
             *reached_cols,
         )
-        .where(sc.ruleset_name == query.model, sc.changed_at >= query.start)
-        .group_by(sc.lead_id)
+        .where(rh.ruleset_name == query.model, rh.changed_at >= query.start)
+        .group_by(rh.lead_id)
         .having(and_(arrived >= query.start, arrived < query.end))
         .cte("per_lead")
     )
@@ -291,25 +289,23 @@ def crossings_by_day(
     """Stage entries upwards (``lead → mql``, ``mql → sql``, ``lead → sql``) per UTC day."""
     if not stages:
         return []
-    sc = ScoreChange.__table__.c
-    current = sc.current["stage"].as_string()
-    previous = sc.previous["stage"].as_string()
-    current_rank = _stage_rank(current, stages)
-    previous_rank = _stage_rank(func.coalesce(previous, ""), stages)
-    day = _day_of(_dialect(session), sc.changed_at).label("day")
-    statement = select(day, current.label("stage"), func.count().label("n")).where(
-        sc.ruleset_name == model,
-        sc.changed_at >= start,
-        sc.changed_at < end,
+    rh = ReportHistory.__table__.c
+    current_rank = _stage_rank(rh.stage, stages)
+    previous_rank = _stage_rank(func.coalesce(rh.previous_stage, ""), stages)
+    day = _day_of(_dialect(session), rh.changed_at).label("day")
+    statement = select(day, rh.stage.label("stage"), func.count().label("n")).where(
+        rh.ruleset_name == model,
+        rh.changed_at >= start,
+        rh.changed_at < end,
         current_rank > previous_rank,
     )
     if source is not None or owner is not None:
-        statement = statement.join(Lead, Lead.id == sc.lead_id)
+        statement = statement.join(Lead, Lead.id == rh.lead_id)
         if source is not None:
             statement = statement.where(source_expression() == source)
         if owner is not None:
             statement = statement.where(Lead.owner == owner)
-    statement = statement.group_by(day, current).order_by(day, current)
+    statement = statement.group_by(day, rh.stage).order_by(day, rh.stage)
     return [
         CrossingCount(day=str(row.day), stage=str(row.stage), count=int(row.n))
         for row in session.execute(statement)
