@@ -46,6 +46,7 @@ def test_delete_removes_an_entry_and_404s_the_second_time(client: TestClient) ->
         ("/v1/costs/paid_search/2026-10", {"amount": 1, "currency": "USD"}, "currency"),
         ("/v1/costs/paid_search/2026-13", {"amount": 1}, "month"),
         ("/v1/costs/paid_search/10-2026", {"amount": 1}, "month"),
+        ("/v1/costs/paid_search/0000-01", {"amount": 1}, "month"),
         ("/v1/costs/bad%00source/2026-10", {"amount": 1}, "source"),
         ("/v1/costs/_x/2026-10", {"amount": 1}, "source"),
     ],

@@ -28,7 +28,7 @@ from leadscore_api.storage.unit_of_work import in_transaction
 
 #: A source name as the ``source`` attribute carries it: letters, digits, ``_ . - +`` and spaces.
 SOURCE_PATTERN = r"^[^\W_][\w .+-]{0,99}$"
-MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+MONTH_PATTERN = r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])$"
 #: A month of a single source above this is a typo, not a budget.
 MAX_AMOUNT = Decimal("1000000000")
 #: Rows in one CSV import (a source × month table: ten sources for ten years is 1,200).

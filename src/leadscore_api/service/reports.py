@@ -31,6 +31,10 @@ from leadscore_api.storage.repositories.reports import CohortGroup, CohortQuery
 
 #: The period when the caller names none: the last 90 days, today included.
 DEFAULT_DAYS = 90
+#: The days a period may name: sales history, not the ends of the calendar (where the
+#: arithmetic of the period would overflow).
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(2999, 12, 31)
 #: The longest period one report covers (three years).
 MAX_DAYS = 1096
 #: A hand-over younger than this is not yet "abandoned": sales has a day to take it up (the
@@ -245,6 +249,11 @@ def make_filter(
 ) -> ReportFilter:
     """Check the caller's parameters; the default period is the last 90 days up to today."""
     today = today or datetime.now(UTC).date()
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not FIRST_DAY <= value <= LAST_DAY:
+            raise InvalidInput.field(
+                name, f"must be between {FIRST_DAY.isoformat()} and {LAST_DAY.isoformat()}"
+            )
     end = end or today
     start = start or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
