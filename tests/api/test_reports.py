@@ -16,8 +16,14 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
-from tests.conftest import MakeApiKey, auth
+from sqlalchemy.pool import NullPool
+from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
+
+from leadscore_api.app import create_app
+from leadscore_api.storage.db import make_engine
+from leadscore_api.storage.migrate import alembic_config, upgrade_database
 
 BIG = {"role": "purchasing manager", "employees": 250, "industry": "manufacturing"}
 BIG |= {"annual_revenue_eur": 5_000_000}
@@ -321,3 +327,24 @@ def test_a_merged_lead_counts_once_with_both_histories(history: TestClient) -> N
     assert body["leads"] == 4
     channels = {item["source"]: item["leads"] for item in body["channels"]}
     assert channels == {"paid_search": 2, "referral": 2}
+
+
+def test_the_migration_copies_the_history_already_stored(
+    history: TestClient, database_url: str
+) -> None:
+    """A database upgraded to 0007 with history in it reports the same as one that grew in it."""
+    before = history.get("/v1/reports/summary", params=PERIOD).json()
+    assert before["leads"] == 5
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0005_fresh_scores")
+    finally:
+        engine.dispose()
+    upgrade_database(database_url)
+    fresh = create_app(make_settings(database_url))
+    with TestClient(fresh, headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"}) as again:
+        after = again.get("/v1/reports/summary", params=PERIOD).json()
+    assert after == before
