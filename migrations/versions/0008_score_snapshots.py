@@ -1,7 +1,7 @@
 """Score snapshots: late events replay from the nearest copy of the state before them.
 
 Revision ID: 0008_score_snapshots
-Revises: 0006_ruleset_lifecycle
+Revises: 0007_acquisition_costs
 Create Date: 2026-11-26
 """
 
@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from leadscore_api.storage.base import UTCDateTime
 
 revision: str = "0008_score_snapshots"
-down_revision: str | None = "0006_ruleset_lifecycle"
+down_revision: str | None = "0007_acquisition_costs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -126,12 +126,19 @@ def test_cli_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     env = {"LEADSCORE_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}"}
     runner = CliRunner()
-    result = runner.invoke(main, ["demo", "--leads", "120", "--seed", "5"], env=env)
+    result = runner.invoke(
+        main, ["demo", "--leads", "120", "--seed", "5", "--costs-csv", "costs.csv"], env=env
+    )
     assert result.exit_code == 0, result.output
     assert "demo: 120 leads" in result.output
-    with (tmp_path / "leadscore-demo-costs.csv").open(newline="") as handle:
+    with (tmp_path / "costs.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and set(rows[0]) == {"source", "month", "amount_eur"}
+    # The costs are in the database too, where the reports' cost per lead reads them.
+    listed = runner.invoke(main, ["costs", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    for row in rows:
+        assert row["source"] in listed.output and row["month"] in listed.output
     result = runner.invoke(main, ["demo", "--leads", "10"], env=env)
     assert result.exit_code == 1
     assert "already has leads" in result.output

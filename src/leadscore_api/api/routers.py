@@ -7,11 +7,13 @@ from fastapi import APIRouter
 from leadscore_api.api import (
     api_keys,
     backtest,
+    costs,
     deliveries,
     events,
     health,
     jobs,
     leads,
+    reports,
     reps,
     rulesets,
     spreadsheets,
@@ -33,4 +35,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     subscriptions.router,
     deliveries.router,
     reps.router,
+    reports.router,
+    costs.router,
 )

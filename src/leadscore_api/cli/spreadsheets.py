@@ -222,12 +222,10 @@ def demo_command(count: int, seed: int, force: bool, costs_csv: Path | None) -> 
         f" ({report.contacted_late} after more than 4 h), opportunities {report.opportunities},"
         f" won {report.won}, lost {report.lost}"
     )
-    if costs_csv is not None or not report.costs_stored:
-        target = costs_csv or Path("leadscore-demo-costs.csv")
-        with target.open("w", newline="", encoding="utf-8") as handle:
+    click.echo(f"  acquisition costs: {len(report.costs)} rows stored")
+    if costs_csv is not None:
+        with costs_csv.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["source", "month", "amount_eur"])
             writer.writerows(report.costs)
-        click.echo(f"  acquisition costs: {len(report.costs)} rows written to {target}")
-    else:
-        click.echo(f"  acquisition costs: {len(report.costs)} rows stored")
+        click.echo(f"  and written to {costs_csv}")

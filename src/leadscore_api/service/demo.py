@@ -32,12 +32,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.errors import Conflict
 from leadscore_api.ingest.events import CanonicalEvent, LeadRef
+from leadscore_api.service import costs
 from leadscore_api.service import leads as leads_service
 from leadscore_api.service.freshness import refresh_due
 from leadscore_api.service.ingestion import EventResult, run_ingest
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.repositories import costs as costs_repo
 from leadscore_api.storage.repositories.leads import LeadFilters
+from leadscore_api.storage.unit_of_work import in_transaction
 
 ROME = ZoneInfo("Europe/Rome")
 QUARTER_DAYS = 91
@@ -531,15 +534,15 @@ def acquisition_costs(seed: int, leads: Sequence[DemoLead]) -> list[tuple[str, s
 def store_costs(
     session_factory: sessionmaker[Session], rows: Sequence[tuple[str, str, float]]
 ) -> bool:
-    """Store the acquisition costs; False when this build has nowhere to keep them.
-
-    TODO(merge): the reports branch adds the ``acquisition_costs`` table (migration
-    ``0007_acquisition_costs``, ``storage/report_models.py``) and its service. Connect it here:
-    upsert each (source, month, amount_eur) row through that service and return True. Until
-    then ``leadscore demo`` writes the rows to a CSV file (``--costs-csv``).
-    """
-    del session_factory, rows
-    return False
+    """Store the acquisition costs per source and month (as ``PUT /v1/costs`` would)."""
+    entries = [
+        (costs.check_source(source), costs.check_month(month), costs.check_amount(amount))
+        for source, month, amount in rows
+    ]
+    in_transaction(
+        session_factory, lambda session: costs_repo.put_costs(session, entries, utcnow())
+    )
+    return True
 
 
 def has_leads(read_factory: sessionmaker[Session]) -> bool:

@@ -9,12 +9,20 @@ from leadscore_api.storage import (
     directory_models,
     lifecycle_models,
     models,
+    report_models,
     snapshot_models,
 )
 from leadscore_api.storage.base import Base
 
 #: The modules that declare tables; importing them registers their tables on ``Base.metadata``.
-TABLE_MODULES = (models, delivery_models, directory_models, lifecycle_models, snapshot_models)
+TABLE_MODULES = (
+    models,
+    delivery_models,
+    directory_models,
+    lifecycle_models,
+    report_models,
+    snapshot_models,
+)
 
 
 def all_tables() -> MetaData:
