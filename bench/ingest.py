@@ -123,7 +123,10 @@ WRK_SCRIPT = textwrap.dedent(
     end
 
     if pause > 0 then
-      delay = function() return pause end
+      -- Random pauses (mean `pause`) so the connections do not fire in lockstep: traffic from
+      -- many independent senders, not bursts of one request per connection at once.
+      math.randomseed(os.time())
+      delay = function() return math.random() * 2 * pause end
     end
 
     response = function(status, hdrs, body)
