@@ -451,9 +451,22 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             **{**common, "run": run + "s"},
         )
         print(single.line())
-        # wrk has no fixed rate: each connection pauses so that all together send about
-        # half the saturated rate.
+        # wrk has no fixed rate: each connection pauses at random between requests. The pause
+        # that gives half the saturated rate is found with two short calibration runs.
         target = single.rate / 2
+        pause = args.connections / target * 1000
+        for attempt in range(2):
+            probe = run_wrk(
+                "calibration",
+                base,
+                script,
+                connections=args.connections,
+                batch=1,
+                epoch=start.timestamp() + (1.3 + attempt / 10) * day,
+                delay_ms=pause,
+                **{**common, "seconds": 3, "run": f"{run}c{attempt}"},
+            )
+            pause *= probe.rate / target
         paced = run_wrk(
             f"service, single at ~{target:.0f}/s (half)",
             base,
@@ -462,7 +475,7 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             batch=1,
             epoch=start.timestamp() + 2 * day,
             pid=pid,
-            delay_ms=max(0.0, args.connections / target * 1000 - single.p50_ms),
+            delay_ms=pause,
             **{**common, "run": run + "p"},
         )
         print(paced.line())
