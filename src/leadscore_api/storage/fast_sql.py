@@ -52,10 +52,13 @@ _FAST_DRIVERS = frozenset({("sqlite", "pysqlite"), ("postgresql", "psycopg")})
 def _sqlite_datetime_in(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetimes are not stored; pass an aware datetime")
-    # SQLAlchemy's SQLite DATETIME storage format, always with microseconds.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        value = value.astimezone(UTC)
+    # SQLAlchemy's SQLite DATETIME storage format, always with microseconds: the ISO text up
+    # to the offset (the year is always written with four digits).
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _pg_datetime_in(value: datetime | None) -> datetime | None:
@@ -69,7 +72,7 @@ def _pg_datetime_in(value: datetime | None) -> datetime | None:
 def _sqlite_datetime_out(value: str | None) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return datetime.fromisoformat(value + "+00:00")
 
 
 def _pg_datetime_out(value: datetime | None) -> datetime | None:
