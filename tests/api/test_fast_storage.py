@@ -301,3 +301,35 @@ def test_a_duplicate_row_is_the_error_the_unit_of_work_retries(
         leads_repo.insert_events(session, [_event("same-id", "lead_b")])
     with pytest.raises(IntegrityError), session_factory() as session, session.begin():
         leads_repo.insert_events(session, [_event("same-id", "lead_b")])
+
+
+def test_rows_inserted_together_store_what_sqlalchemy_stored(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Several rows of a table in one driver call: each keeps its own values."""
+
+    def events(prefix: str, lead_id: str) -> list[dict[str, Any]]:
+        return [
+            {
+                **_event(f"{prefix}-{k}", lead_id),
+                "occurred_at": AT + timedelta(seconds=k),
+                "properties": {"k": k, "big": 2**64 + k, "testo": "è" * k},
+            }
+            for k in range(3)
+        ]
+
+    with session_factory() as session, session.begin():
+        connection = session.connection()
+        connection.execute(insert(_table(Lead)), [_lead("lead_a", "a@x.it")])
+        leads_repo.insert_leads(
+            session,
+            [LeadData(**_lead("lead_b", "b@x.it")), LeadData(**_lead("lead_c", "c@x.it"))],
+        )
+        connection.execute(insert(_table(Event)), events("sa", "lead_a"))
+        leads_repo.insert_events(session, events("fast", "lead_b"))
+    with session_factory() as session:
+        _compare(session, Lead, Lead.id, "lead_a", "lead_c")
+        for k in range(3):
+            _compare(session, Event, Event.id, f"sa-{k}", f"fast-{k}")
+        fast = session.get(Event, "fast-2")
+        assert fast is not None and fast.properties["big"] == 2**64 + 2
