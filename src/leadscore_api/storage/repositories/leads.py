@@ -25,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -36,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from leadscore_api.scoring import ScoringEvent
 from leadscore_api.storage.base import Base
+from leadscore_api.storage.fast_sql import FastInsert, FastStatement
 from leadscore_api.storage.models import (
     IDENTITY_EMAIL,
     IDENTITY_EXTERNAL_ID,
@@ -155,12 +155,6 @@ def new_lead(lead_id: str, email: str | None, external_id: str | None, now: date
 # Statements are built once: building them per request (clause coercion, cache keys) cost
 
 
-_INSERT_LEADS = insert(LEADS_TABLE)
-_INSERT_EVENTS = insert(EVENTS_TABLE)
-_INSERT_IDENTITIES = insert(IDENTITIES_TABLE)
-_INSERT_OUTCOMES = insert(OUTCOMES_TABLE)
-_INSERT_HISTORY = insert(HISTORY_TABLE)
-_INSERT_SCORES = insert(SCORES_TABLE)
 _UPDATE_LEADS = (
     update(LEADS_TABLE)
     .where(LEADS_TABLE.c.id == bindparam("b_id"), LEADS_TABLE.c.version == bindparam("b_version"))
@@ -181,9 +175,11 @@ _LOCK_LEADS = (
     .order_by(LEADS_TABLE.c.id)
     .with_for_update()
 )
+_LEAD_COLUMNS = tuple(c.name for c in LEADS_TABLE.columns)
 _LOAD_SCORES = select(SCORES_TABLE).where(
     SCORES_TABLE.c.lead_id.in_(bindparam("ids", expanding=True))
 )
+_SCORE_COLUMNS = tuple(c.name for c in SCORES_TABLE.columns)
 #: Which of the given event ids are stored, and which leads the given identities belong to,
 #: in one round trip (``kind`` is ``"event"`` for the first part).
 _LOOKUP = union_all(
@@ -201,6 +197,20 @@ _LOOKUP = union_all(
 )
 
 
+# The same statements on the DBAPI cursor (``storage/fast_sql.py``): these run in every ingest.
+_FAST_INSERT_LEADS = FastInsert(LEADS_TABLE)
+_FAST_INSERT_EVENTS = FastInsert(EVENTS_TABLE)
+_FAST_INSERT_IDENTITIES = FastInsert(IDENTITIES_TABLE)
+_FAST_INSERT_OUTCOMES = FastInsert(OUTCOMES_TABLE)
+_FAST_INSERT_HISTORY = FastInsert(HISTORY_TABLE)
+_FAST_INSERT_SCORES = FastInsert(SCORES_TABLE)
+_FAST_UPDATE_LEADS = FastStatement(_UPDATE_LEADS)
+_FAST_UPDATE_SCORES = FastStatement(_UPDATE_SCORES)
+_FAST_LOCK_LEADS = FastStatement(_LOCK_LEADS)
+_FAST_LOAD_SCORES = FastStatement(_LOAD_SCORES)
+_FAST_LOOKUP = FastStatement(_LOOKUP)
+
+
 def chunks(values: Sequence[str]) -> Iterable[list[str]]:
     for start in range(0, len(values), _CHUNK):
         yield list(values[start : start + _CHUNK])
@@ -211,12 +221,11 @@ def insert_leads(session: Session, leads: Iterable[LeadData]) -> None:
         {"id": lead.id, "version": lead.version, **{f: getattr(lead, f) for f in _LEAD_FIELDS}}
         for lead in leads
     ]
-    if rows:
-        session.connection().execute(_INSERT_LEADS, rows)
+    _FAST_INSERT_LEADS.executemany(session, rows)
 
 
-def _check_rowcount(result: Any, expected: int, connection: Connection) -> None:
-    if connection.dialect.supports_sane_multi_rowcount and result.rowcount != expected:
+def _check_rowcount(rowcount: int, expected: int, connection: Connection) -> None:
+    if connection.dialect.supports_sane_multi_rowcount and rowcount != expected:
         raise RetryTransaction("a row changed under this transaction (version mismatch)")
 
 
@@ -238,8 +247,8 @@ def write_leads(session: Session, leads: Iterable[LeadData]) -> None:
         lead.dirty = False
     if not params:
         return
-    connection = session.connection()
-    _check_rowcount(connection.execute(_UPDATE_LEADS, params), len(params), connection)
+    rowcount = _FAST_UPDATE_LEADS.executemany(session, params)
+    _check_rowcount(rowcount, len(params), session.connection())
 
 
 def write_scores(session: Session, scores: Iterable[ScoreData]) -> None:
@@ -264,29 +273,28 @@ def write_scores(session: Session, scores: Iterable[ScoreData]) -> None:
                 }
             )
             row.version += 1
-    connection = session.connection()
-    if inserts:
-        connection.execute(_INSERT_SCORES, inserts)
+    _FAST_INSERT_SCORES.executemany(session, inserts)
     if updates:
-        _check_rowcount(connection.execute(_UPDATE_SCORES, updates), len(updates), connection)
+        rowcount = _FAST_UPDATE_SCORES.executemany(session, updates)
+        _check_rowcount(rowcount, len(updates), session.connection())
 
 
 def lock_leads(session: Session, lead_ids: Iterable[str]) -> dict[str, LeadData]:
     """Load and lock leads in id order (one order everywhere, so two requests never deadlock)."""
-    connection = session.connection()
     found: dict[str, LeadData] = {}
     for chunk in chunks(sorted(set(lead_ids))):
-        for row in connection.execute(_LOCK_LEADS, {"ids": chunk}).mappings():
-            found[row["id"]] = LeadData(**row)
+        for row in _FAST_LOCK_LEADS.execute(session, {"ids": chunk}):
+            lead = LeadData(**dict(zip(_LEAD_COLUMNS, row, strict=True)))
+            found[lead.id] = lead
     return found
 
 
 def load_scores(session: Session, lead_ids: Iterable[str]) -> dict[str, dict[str, ScoreData]]:
-    connection = session.connection()
     out: dict[str, dict[str, ScoreData]] = defaultdict(dict)
     for chunk in chunks(sorted(set(lead_ids))):
-        for row in connection.execute(_LOAD_SCORES, {"ids": chunk}).mappings():
-            out[row["lead_id"]][row["ruleset_name"]] = ScoreData(**row)
+        for row in _FAST_LOAD_SCORES.execute(session, {"ids": chunk}):
+            score = ScoreData(**dict(zip(_SCORE_COLUMNS, row, strict=True)))
+            out[score.lead_id][score.ruleset_name] = score
     return out
 
 
@@ -301,10 +309,9 @@ def lookup(
     ids = sorted(set(event_ids))
     stored: dict[str, str] = {}
     known: dict[tuple[str, str], str] = {}
-    connection = session.connection()
     if max(len(ids), len(emails), len(externals)) <= _CHUNK:
         params = {"event_ids": ids, "emails": list(emails), "externals": list(externals)}
-        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+        for kind, value, lead_id in _FAST_LOOKUP.execute(session, params):
             if kind == "event":
                 stored[value] = lead_id
             else:
@@ -313,37 +320,33 @@ def lookup(
     empty: list[str] = []
     for chunk in chunks(ids):
         params = {"event_ids": chunk, "emails": empty, "externals": empty}
-        for _kind, value, lead_id in connection.execute(_LOOKUP, params):
+        for _kind, value, lead_id in _FAST_LOOKUP.execute(session, params):
             stored[value] = lead_id
     for chunk in chunks(emails):
         params = {"event_ids": empty, "emails": chunk, "externals": empty}
-        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+        for kind, value, lead_id in _FAST_LOOKUP.execute(session, params):
             known[(kind, value)] = lead_id
     for chunk in chunks(externals):
         params = {"event_ids": empty, "emails": empty, "externals": chunk}
-        for kind, value, lead_id in connection.execute(_LOOKUP, params):
+        for kind, value, lead_id in _FAST_LOOKUP.execute(session, params):
             known[(kind, value)] = lead_id
     return stored, known
 
 
 def insert_identities(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(_INSERT_IDENTITIES, list(rows))
+    _FAST_INSERT_IDENTITIES.executemany(session, rows)
 
 
 def insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(_INSERT_EVENTS, list(rows))
+    _FAST_INSERT_EVENTS.executemany(session, rows)
 
 
 def insert_outcomes(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(_INSERT_OUTCOMES, list(rows))
+    _FAST_INSERT_OUTCOMES.executemany(session, rows)
 
 
 def insert_history(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(_INSERT_HISTORY, list(rows))
+    _FAST_INSERT_HISTORY.executemany(session, rows)
 
 
 def lead_events(

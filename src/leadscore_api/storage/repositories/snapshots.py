@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.base import Base
+from leadscore_api.storage.fast_sql import FastInsert
 from leadscore_api.storage.snapshot_models import ScoreSnapshot
 
 SNAPSHOTS_TABLE: Table = Base.metadata.tables["score_snapshots"]
-_INSERT = insert(SNAPSHOTS_TABLE)
+_INSERT = FastInsert(SNAPSHOTS_TABLE)
 
 
 @dataclass(frozen=True)
@@ -80,5 +81,4 @@ def drop_lead(session: Session, lead_id: str) -> None:
 
 
 def insert_snapshots(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        session.connection().execute(_INSERT, list(rows))
+    _INSERT.executemany(session, rows)

@@ -6,8 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.delivery_models import Subscription
+from leadscore_api.storage.fast_sql import FastStatement
 
-_ANY_ENABLED = select(Subscription.id).where(Subscription.enabled.is_(True)).limit(1)
+#: Asked by every ingest that produces a transition, hence on the DBAPI cursor.
+_ANY_ENABLED = FastStatement(select(Subscription.id).where(Subscription.enabled.is_(True)).limit(1))
 
 
 def get(session: Session, subscription_id: str) -> Subscription | None:
@@ -32,7 +34,7 @@ def enabled(session: Session) -> list[Subscription]:
 
 def any_enabled(session: Session) -> bool:
     """One indexed probe: most requests have no transition to queue for anybody."""
-    return session.connection().execute(_ANY_ENABLED).first() is not None
+    return bool(_ANY_ENABLED.execute(session, {}))
 
 
 def add(session: Session, subscription: Subscription) -> None:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.base import Base
 from leadscore_api.storage.delivery_models import LeadTimer
+from leadscore_api.storage.fast_sql import FastInsert, FastStatement
 
 _TIMERS: Table = Base.metadata.tables[LeadTimer.__tablename__]
 #: Rows per IN (...) list, far below SQLite's and PostgreSQL's parameter limits.
@@ -35,6 +36,12 @@ _SELECT_TIMERS = select(
 ).where(_TIMERS.c.lead_id.in_(bindparam("ids", expanding=True)))
 
 
+_FAST_UPDATE_TIMERS = FastStatement(_UPDATE_TIMERS)
+_FAST_DELETE_TIMERS = FastStatement(_DELETE_TIMERS)
+_FAST_SELECT_TIMERS = FastStatement(_SELECT_TIMERS)
+_FAST_INSERT_TIMERS = FastInsert(_TIMERS)
+
+
 @dataclass
 class TimerPlan:
     """The timers one lead should have under one ruleset after its rescore."""
@@ -53,21 +60,23 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
     """
     if not plans:
         return
-    connection = session.connection()
     latest = {(plan.lead_id, plan.ruleset_name): plan for plan in plans}
     existing: dict[
         tuple[str, str], dict[str, tuple[int, datetime, datetime | None, dict[str, Any]]]
     ] = defaultdict(dict)
     lead_ids = sorted({plan.lead_id for plan in plans})
     for chunk in (lead_ids[i : i + _CHUNK] for i in range(0, len(lead_ids), _CHUNK)):
-        for row in connection.execute(_SELECT_TIMERS, {"ids": chunk}):
-            if (row.lead_id, row.ruleset_name) in latest:
-                existing[(row.lead_id, row.ruleset_name)][row.kind] = (
-                    row.id,
-                    row.due_at,
-                    row.fired_at,
-                    row.detail or {},
-                )
+        for (
+            timer_id,
+            lead_id,
+            ruleset_name,
+            kind,
+            due_at,
+            fired_at,
+            detail,
+        ) in _FAST_SELECT_TIMERS.execute(session, {"ids": chunk}):
+            if (lead_id, ruleset_name) in latest:
+                existing[(lead_id, ruleset_name)][kind] = (timer_id, due_at, fired_at, detail or {})
     stale: list[int] = []
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -95,11 +104,9 @@ def write_timers(session: Session, plans: Sequence[TimerPlan]) -> None:
                 # the firing (a new hand-over) arms it again.
                 updates.append({"b_id": found[0], "due_at": due, "detail": detail})
     for start in range(0, len(stale), _CHUNK):
-        connection.execute(_DELETE_TIMERS, {"ids": stale[start : start + _CHUNK]})
-    if inserts:
-        connection.execute(insert(_TIMERS), inserts)
-    if updates:
-        connection.execute(_UPDATE_TIMERS, updates)
+        _FAST_DELETE_TIMERS.execute(session, {"ids": stale[start : start + _CHUNK]})
+    _FAST_INSERT_TIMERS.executemany(session, inserts)
+    _FAST_UPDATE_TIMERS.executemany(session, updates)
 
 
 def _same_recurrence(stored: dict[str, Any], planned: dict[str, Any]) -> bool:
