@@ -411,6 +411,8 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
         # The bare endpoint runs without an access log too: both compared on the same footing.
         LEADSCORE_ACCESS_LOG="false",
     )
+    if args.writers:
+        env["LEADSCORE_INGEST_WRITERS"] = str(args.writers)
     script = workdir / "events.lua"
     script.write_text(WRK_SCRIPT)
     (workdir / "bare.py").write_text(BARE_APP)
@@ -509,6 +511,10 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=2000, help="Existing leads loaded.")
     parser.add_argument("--history", type=int, default=10_000, help="Events of the old lead.")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--pg-only", action="store_true")
+    parser.add_argument(
+        "--writers", type=int, default=0, help="LEADSCORE_INGEST_WRITERS (default: the service's)."
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (Debian package)")
@@ -518,9 +524,10 @@ def main() -> None:
         f" {load[0]:.2f} {load[1]:.2f}; wrk 1 thread, {args.connections} connections,"
         f" {args.seconds:.0f} s per phase"
     )
-    with tempfile.TemporaryDirectory(prefix="leadscore-bench-") as tmp:
-        workdir = Path(tmp)
-        bench_backend("SQLite", f"sqlite:///{workdir / 'bench.db'}", workdir, args)
+    if not args.pg_only:
+        with tempfile.TemporaryDirectory(prefix="leadscore-bench-") as tmp:
+            workdir = Path(tmp)
+            bench_backend("SQLite", f"sqlite:///{workdir / 'bench.db'}", workdir, args)
     pg = os.environ.get("LEADSCORE_TEST_DATABASE_URL")
     if pg and not args.sqlite_only:
         _reset_postgres(pg)
