@@ -350,6 +350,19 @@ def create_leads(base: str, leads: int, moment: datetime) -> None:
             _post(http, {"events": events})
 
 
+def group_sizes(base: str) -> str:
+    """Requests per shared transaction since the service started, from /metrics."""
+    values: dict[str, float] = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("leadscore_ingest_groups_total", "leadscore_ingest_grouped_requests_total"):
+            values[name] = float(value)
+    groups = values.get("leadscore_ingest_groups_total", 0.0)
+    requests = values.get("leadscore_ingest_grouped_requests_total", 0.0)
+    share = requests / groups if groups else float("nan")
+    return f"group commit: {requests:.0f} requests in {groups:.0f} transactions, {share:.1f} each"
+
+
 def late_event_cost(base: str, history: int, moment: datetime, samples: int) -> tuple[float, float]:
     """Median seconds of an in-order event and of a late one on a lead with ``history`` events.
 
@@ -492,6 +505,7 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             **{**common, "run": run + "b"},
         )
         print(batches.line())
+        print(f"  {group_sizes(base)}")
         in_order, late = late_event_cost(base, args.history, start + timedelta(days=4), 15)
     ratio = single.rate / bare.rate if bare.rate else float("nan")
     print(f"  ratio service/bare (single events): {ratio:.2f}   (target ≥ 0.30)")

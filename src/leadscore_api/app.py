@@ -147,6 +147,7 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.ingest_writer = ingest_writer
+    metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
     app.state.started = False
 

@@ -136,3 +136,16 @@ def test_the_events_route_goes_through_the_apps_committer(app: FastAPI, client: 
         assert response.json()["results"][0]["status"] == "accepted"
     assert committer.grouped_requests == before + 3
     assert _count(app.state.read_session_factory) == 3
+
+
+def test_metrics_show_how_many_requests_shared_each_commit(client: TestClient) -> None:
+    for n in range(2):
+        assert client.post("/v1/events", json=event(id=f"metric-{n}")).status_code == 200
+    text = client.get("/metrics").text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("leadscore_ingest_")
+    }
+    assert values["leadscore_ingest_grouped_requests_total"] == 2
+    assert 1 <= values["leadscore_ingest_groups_total"] <= 2

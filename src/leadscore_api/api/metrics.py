@@ -6,9 +6,11 @@ in one process, as they do in the test suite, without "duplicated timeseries" er
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from leadscore_api.ingest.events import KNOWN_EVENT_TYPES
 
@@ -47,6 +49,27 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+
+    def watch_group_commit(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Expose the ingest writer's groups and the requests they held (read at scrape time):
+        requests ÷ groups is how many requests shared each commit."""
+        registry = self.registry
+
+        class _GroupCommit(Collector):
+            def collect(self) -> Iterator[Metric]:
+                groups, requests = counts()
+                yield CounterMetricFamily(
+                    "leadscore_ingest_groups",
+                    "Shared ingest transactions (group commits) run.",
+                    value=groups,
+                )
+                yield CounterMetricFamily(
+                    "leadscore_ingest_grouped_requests",
+                    "POST /v1/events requests run in those transactions.",
+                    value=requests,
+                )
+
+        registry.register(_GroupCommit())
 
     def record_ingest(self, results: Iterable[object]) -> None:
         """Count events and transitions from ``EventResult``-like objects."""
