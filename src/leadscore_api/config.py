@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = 0.5
     #: uvicorn's access log, one line per request (off: /metrics still counts every request).
     access_log: bool = True
-    #: Writer threads that run ingest requests together (group commit); unset: 1 on SQLite,
-    #: which has a single writer anyway, 2 elsewhere (one group's round trips overlap another's).
+    #: Writer threads that run ingest requests together (group commit). One: SQLite has a
+    #: single writer anyway, and on PostgreSQL a second writer measured slower (the two threads
+    #: and the event loop contend for the interpreter; groups got smaller).
     ingest_writers: int | None = None
     #: Events one shared ingest transaction takes at most.
     ingest_group_events: int = 1000
@@ -273,9 +274,7 @@ class Settings(BaseSettings):
 
     def writer_threads(self) -> int:
         """Group-commit writers in force (see ``ingest_writers``)."""
-        if self.ingest_writers is not None:
-            return self.ingest_writers
-        return 1 if self.database_url.startswith("sqlite") else 2
+        return self.ingest_writers if self.ingest_writers is not None else 1
 
     def resolved_rules_dir(self) -> Path:
         """The rules folder in force: explicit setting, else ./rules, else the bundled rules."""

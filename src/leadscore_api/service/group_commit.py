@@ -66,9 +66,9 @@ def _resolve(
 class GroupCommitter:
     """Writer threads that run waiting ingest requests together, one transaction per group.
 
-    ``writers`` threads take groups from one queue. One is right for SQLite, which has a single
-    writer anyway; on PostgreSQL a second lets one group's round trips overlap another's work.
-    Threads start with the first request, so an app that never ingests starts none.
+    ``writers`` threads take groups from one queue. One is the default: SQLite has a single
+    writer anyway, and on PostgreSQL two measured slower. Threads start with the first request,
+    so an app that never ingests starts none.
     """
 
     def __init__(
