@@ -8,6 +8,7 @@ own would show as a transition, an outbox message, a history row or a changed le
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -317,8 +318,6 @@ def test_the_cli_starts_reports_and_promotes(replicas: Replicas) -> None:
         main, ["rules", "challenge", "--report", PRIMARY, "--format", "json"], env=env
     )
     assert result.exit_code == 0, result.output
-    import json
-
     report = json.loads(result.output)
     assert report["leads"] == 1
     assert report["disagreements"]["items"][0]["lead_id"] == lead
@@ -335,6 +334,8 @@ def test_the_cli_starts_reports_and_promotes(replicas: Replicas) -> None:
 
     result = runner.invoke(main, ["rules", "challenge", PRIMARY, "9"], env=env)
     assert result.exit_code == 1 and result.stderr.startswith("version: ")
+    result = runner.invoke(main, ["rules", "challenge", "--report", "tri\x00al"], env=env)
+    assert result.exit_code == 2 and "NAME" in result.stderr
 
     result = runner.invoke(main, ["rules", "challenge", "--promote", PRIMARY, "--rescore"], env=env)
     assert result.exit_code == 0, result.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,8 +147,21 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
+#: As the API's path parameter: what rule files may name a ruleset.
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
+
+
+def _checked_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Refuse a hostile NAME (NUL, surrogates, length) before it reaches the database."""
+    if not _NAME.fullmatch(value):
+        raise click.BadParameter(
+            "a ruleset name: lowercase letters, digits, '-' and '_', at most 100 characters"
+        )
+    return value
+
+
 @click.command("challenge")
-@click.argument("name")
+@click.argument("name", callback=_checked_name)
 @click.argument("version", required=False, type=click.IntRange(min=1))
 @click.option("--stop", is_flag=True, help="End the challenge of NAME (its results go).")
 @click.option("--report", is_flag=True, help="Compare champion and challenger of NAME.")
