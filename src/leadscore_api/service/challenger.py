@@ -30,7 +30,7 @@ from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.models import RulesetRecord
 from leadscore_api.storage.repositories import challenger as challenger_repo
 from leadscore_api.storage.repositories import rulesets as rulesets_repo
-from leadscore_api.storage.repositories.challenger import PairRow
+from leadscore_api.storage.repositories.challenger import LabelGroup, PairRow, ScoreGroup
 from leadscore_api.storage.unit_of_work import in_transaction
 
 #: Disagreeing leads listed in a report at most (the count covers them all).
@@ -189,31 +189,35 @@ def promote(
 
 @dataclass
 class _Side:
-    """One ruleset's figures over the compared leads."""
+    """One ruleset's figures over the compared leads, from the grouped rows."""
 
+    version: int
     letter: Counter[str] = field(default_factory=Counter)
     tier: Counter[str] = field(default_factory=Counter)
     stage: Counter[str] = field(default_factory=Counter)
     band_leads: Counter[str] = field(default_factory=Counter)
     band_opportunities: Counter[str] = field(default_factory=Counter)
-    scores: list[float] = field(default_factory=list)
+    #: (score, became an opportunity) → leads: the AUC's input, at most 101 × 2 entries.
+    scores: Counter[tuple[int, bool]] = field(default_factory=Counter)
 
-    def add(
-        self, letter: str | None, tier: str | None, stage: str | None, score: float, won: bool
-    ) -> None:
-        self.letter["none" if letter is None else letter] += 1
-        self.tier["none" if tier is None else tier] += 1
-        self.stage["none" if stage is None else stage] += 1
-        band = band_of(int(score))
-        self.band_leads[band] += 1
-        if won:
-            self.band_opportunities[band] += 1
-        self.scores.append(score)
+    def count(self, letter: str | None, tier: str | None, stage: str | None, leads: int) -> None:
+        self.letter[_key(letter)] += leads
+        self.tier[_key(tier)] += leads
+        self.stage[_key(stage)] += leads
 
-    def figures(self, version: int, opportunities: list[bool]) -> dict[str, Any]:
-        area = auc(self.scores, opportunities)
+    def score(self, score: int, opportunity: bool, leads: int) -> None:
+        band = band_of(score)
+        self.band_leads[band] += leads
+        if opportunity:
+            self.band_opportunities[band] += leads
+        self.scores[(score, opportunity)] += leads
+
+    def figures(self) -> dict[str, Any]:
+        values = [s for (s, _o), n in sorted(self.scores.items()) for _ in range(n)]
+        labels = [o for (_s, o), n in sorted(self.scores.items()) for _ in range(n)]
+        area = auc(values, labels)
         return {
-            "version": version,
+            "version": self.version,
             "counts": {
                 "letter": dict(sorted(self.letter.items())),
                 "tier": dict(sorted(self.tier.items())),
@@ -232,69 +236,68 @@ class _Side:
         }
 
 
+def _key(value: str | None) -> str:
+    return "none" if value is None else value
+
+
 def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
 def _side_view(
-    stage: str | None, tier: str | None, letter: str | None, score: float
+    stage: str | None, tier: str | None, letter: str | None, score: int
 ) -> dict[str, Any]:
-    return {"stage": stage, "tier": tier, "letter": letter, "score": int(score)}
+    return {"stage": stage, "tier": tier, "letter": letter, "score": score}
 
 
 def compare(
-    pairs: Iterable[PairRow], challenge: Challenge, limit: int = DISAGREEMENTS_LIMIT
+    challenge: Challenge,
+    labels: Iterable[LabelGroup],
+    scores: Iterable[ScoreGroup],
+    listed: Iterable[PairRow],
+    limit: int,
 ) -> dict[str, Any]:
-    """Champion and challenger side by side on the same leads (pure: rows in, report out)."""
-    champion, challenger = _Side(), _Side()
-    opportunities: list[bool] = []
+    """Champion and challenger side by side on the same leads (pure: grouped rows in)."""
+    champion, challenger = _Side(challenge.champion_version), _Side(challenge.version)
+    leads = converted = disagree = 0
     champion_versions: Counter[int] = Counter()
-    disagree = 0
     moves: Counter[tuple[str, str]] = Counter()
-    items: list[dict[str, Any]] = []
-    for row in pairs:
-        opportunities.append(row.opportunity)
-        champion_versions[row.champion_version] += 1
-        champion.add(
-            row.champion_letter,
-            row.champion_tier,
-            row.champion_stage,
-            row.champion_score,
-            row.opportunity,
+    for group in labels:
+        leads += group.leads
+        converted += group.leads if group.opportunity else 0
+        champion_versions[group.champion_version] += group.leads
+        champion.count(
+            group.champion_letter, group.champion_tier, group.champion_stage, group.leads
         )
-        challenger.add(
-            row.challenger_letter,
-            row.challenger_tier,
-            row.challenger_stage,
-            row.challenger_score,
-            row.opportunity,
+        challenger.count(
+            group.challenger_letter, group.challenger_tier, group.challenger_stage, group.leads
         )
-        if row.champion_stage == row.challenger_stage and row.champion_tier == row.challenger_tier:
-            continue
-        disagree += 1
-        if row.champion_stage != row.challenger_stage:
-            moves[(str(row.champion_stage), str(row.challenger_stage))] += 1
-        if len(items) < limit:
-            items.append(
-                {
-                    "lead_id": row.lead_id,
-                    "opportunity": row.opportunity,
-                    "champion": _side_view(
-                        row.champion_stage,
-                        row.champion_tier,
-                        row.champion_letter,
-                        row.champion_score,
-                    ),
-                    "challenger": _side_view(
-                        row.challenger_stage,
-                        row.challenger_tier,
-                        row.challenger_letter,
-                        row.challenger_score,
-                    ),
-                }
-            )
-    leads = len(opportunities)
-    converted = sum(opportunities)
+        if group.champion_stage != group.challenger_stage:
+            moves[(_key(group.champion_stage), _key(group.challenger_stage))] += group.leads
+        if (group.champion_stage, group.champion_tier) != (
+            group.challenger_stage,
+            group.challenger_tier,
+        ):
+            disagree += group.leads
+    for by_score in scores:
+        champion.score(by_score.champion_score, by_score.opportunity, by_score.leads)
+        challenger.score(by_score.challenger_score, by_score.opportunity, by_score.leads)
+    items = [
+        {
+            "lead_id": row.lead_id,
+            "opportunity": row.opportunity,
+            "champion": _side_view(
+                row.champion_stage, row.champion_tier, row.champion_letter, row.champion_score
+            ),
+            "challenger": _side_view(
+                row.challenger_stage,
+                row.challenger_tier,
+                row.challenger_letter,
+                row.challenger_score,
+            ),
+        }
+        for row in listed
+    ]
     return {
         "name": challenge.name,
         "started_at": challenge.started_at,
@@ -303,8 +306,8 @@ def compare(
         "conversion": _rate(converted, leads),
         # Leads not yet re-scored after an activation may still carry an older champion.
         "champion_versions": dict(sorted(champion_versions.items())),
-        "champion": champion.figures(challenge.champion_version, opportunities),
-        "challenger": challenger.figures(challenge.version, opportunities),
+        "champion": champion.figures(),
+        "challenger": challenger.figures(),
         "disagreements": {
             "count": disagree,
             "by_stage_move": [
@@ -317,7 +320,15 @@ def compare(
 
 
 def report(session: Session, name: str, limit: int = DISAGREEMENTS_LIMIT) -> dict[str, Any]:
-    """The A/B report of the running challenger of ``name``, from the stored rows."""
+    """The A/B report of the running challenger of ``name``: SQL aggregates of the stored rows
+    (grouped by labels, by scores) and one bounded list, so its cost does not grow with what
+    it sends back."""
     challenge, _record = _running(session, name)
-    rows = challenger_repo.pairs(session, name, challenge.sha256, challenge.started_at)
-    return compare(rows, challenge, limit)
+    args = (session, name, challenge.sha256, challenge.started_at)
+    return compare(
+        challenge,
+        challenger_repo.label_groups(*args),
+        challenger_repo.score_groups(*args),
+        challenger_repo.disagreements(*args, limit),
+        limit,
+    )

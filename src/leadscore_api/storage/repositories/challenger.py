@@ -7,11 +7,10 @@ lead's own columns, history and timers never see them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import Subquery, and_, case, delete, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from leadscore_api.storage.lifecycle_models import RulesetChallenger
@@ -88,40 +87,63 @@ class PairRow:
 
     lead_id: str
     champion_version: int
-    champion_score: float
+    champion_score: int
     champion_letter: str | None
     champion_tier: str | None
     champion_stage: str | None
-    challenger_score: float
+    challenger_score: int
     challenger_letter: str | None
     challenger_tier: str | None
     challenger_stage: str | None
     opportunity: bool
 
 
-def pairs(
-    session: Session, name: str, sha256: str, since: datetime, batch: int = 2000
-) -> Iterator[PairRow]:
-    """The leads scored by both since ``since`` (the challenger's row is of its text ``sha256``),
-    by lead id, streamed."""
+@dataclass(frozen=True)
+class LabelGroup:
+    """How many compared leads share these letters, tiers, stages and outcome."""
+
+    champion_version: int
+    champion_letter: str | None
+    champion_tier: str | None
+    champion_stage: str | None
+    challenger_letter: str | None
+    challenger_tier: str | None
+    challenger_stage: str | None
+    opportunity: bool
+    leads: int
+
+
+@dataclass(frozen=True)
+class ScoreGroup:
+    """How many compared leads have these two scores and this outcome."""
+
+    champion_score: int
+    challenger_score: int
+    opportunity: bool
+    leads: int
+
+
+def _pairs(name: str, sha256: str, since: datetime) -> Subquery:
+    """The leads scored by both since ``since`` (the challenger's rows of text ``sha256``):
+    one row per lead, the summaries' fields as plain columns."""
     champion = aliased(LeadScore)
     challenger = aliased(LeadScore)
-    converted = exists().where(
-        Outcome.lead_id == champion.lead_id, Outcome.type.in_(OPPORTUNITY_TYPES)
+    converted = (
+        select(Outcome.lead_id).where(Outcome.type.in_(OPPORTUNITY_TYPES)).distinct().subquery()
     )
-    statement = (
+    return (
         select(
-            champion.lead_id,
-            champion.ruleset_version,
-            func.coalesce(champion.summary["score"].as_float(), 0.0),
-            champion.summary["letter"].as_string(),
-            champion.summary["tier"].as_string(),
-            champion.summary["stage"].as_string(),
-            func.coalesce(challenger.summary["score"].as_float(), 0.0),
-            challenger.summary["letter"].as_string(),
-            challenger.summary["tier"].as_string(),
-            challenger.summary["stage"].as_string(),
-            converted,
+            champion.lead_id.label("lead_id"),
+            champion.ruleset_version.label("c_version"),
+            func.coalesce(champion.summary["score"].as_float(), 0.0).label("c_score"),
+            champion.summary["letter"].as_string().label("c_letter"),
+            champion.summary["tier"].as_string().label("c_tier"),
+            champion.summary["stage"].as_string().label("c_stage"),
+            func.coalesce(challenger.summary["score"].as_float(), 0.0).label("x_score"),
+            challenger.summary["letter"].as_string().label("x_letter"),
+            challenger.summary["tier"].as_string().label("x_tier"),
+            challenger.summary["stage"].as_string().label("x_stage"),
+            case((converted.c.lead_id.is_(None), 0), else_=1).label("opportunity"),
         )
         .join(
             challenger,
@@ -130,25 +152,73 @@ def pairs(
                 challenger.ruleset_name == score_key(name),
             ),
         )
+        .outerjoin(converted, converted.c.lead_id == champion.lead_id)
         .where(
             champion.ruleset_name == name,
             challenger.ruleset_sha256 == sha256,
             challenger.updated_at >= since,
         )
-        .order_by(champion.lead_id)
+        .subquery("pairs")
     )
-    result = session.execute(statement.execution_options(yield_per=batch))
-    for row in result:
-        yield PairRow(
-            lead_id=row[0],
-            champion_version=int(row[1]),
-            champion_score=float(row[2]),
-            champion_letter=row[3],
-            champion_tier=row[4],
-            champion_stage=row[5],
-            challenger_score=float(row[6]),
-            challenger_letter=row[7],
-            challenger_tier=row[8],
-            challenger_stage=row[9],
-            opportunity=bool(row[10]),
+
+
+def label_groups(session: Session, name: str, sha256: str, since: datetime) -> list[LabelGroup]:
+    """The compared leads counted by both sides' letter, tier and stage and by outcome: a few
+    dozen rows whatever the number of leads."""
+    pairs = _pairs(name, sha256, since)
+    keys = (
+        pairs.c.c_version,
+        pairs.c.c_letter,
+        pairs.c.c_tier,
+        pairs.c.c_stage,
+        pairs.c.x_letter,
+        pairs.c.x_tier,
+        pairs.c.x_stage,
+        pairs.c.opportunity,
+    )
+    rows = session.execute(select(*keys, func.count()).group_by(*keys))
+    return [
+        LabelGroup(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), int(r[8]))
+        for r in rows
+    ]
+
+
+def score_groups(session: Session, name: str, sha256: str, since: datetime) -> list[ScoreGroup]:
+    """The compared leads counted by both scores and outcome (at most 101 × 101 × 2 rows)."""
+    pairs = _pairs(name, sha256, since)
+    keys = (pairs.c.c_score, pairs.c.x_score, pairs.c.opportunity)
+    rows = session.execute(select(*keys, func.count()).group_by(*keys))
+    return [ScoreGroup(int(r[0]), int(r[1]), bool(r[2]), int(r[3])) for r in rows]
+
+
+def disagreements(
+    session: Session, name: str, sha256: str, since: datetime, limit: int
+) -> list[PairRow]:
+    """The first ``limit`` compared leads, by id, whose stage or tier differs."""
+    if limit <= 0:
+        return []
+    p = _pairs(name, sha256, since)
+    rows = session.execute(
+        select(p)
+        .where(
+            or_(p.c.c_stage.is_distinct_from(p.c.x_stage), p.c.c_tier.is_distinct_from(p.c.x_tier))
         )
+        .order_by(p.c.lead_id)
+        .limit(limit)
+    )
+    return [
+        PairRow(
+            lead_id=r.lead_id,
+            champion_version=int(r.c_version),
+            champion_score=int(r.c_score),
+            champion_letter=r.c_letter,
+            champion_tier=r.c_tier,
+            champion_stage=r.c_stage,
+            challenger_score=int(r.x_score),
+            challenger_letter=r.x_letter,
+            challenger_tier=r.x_tier,
+            challenger_stage=r.x_stage,
+            opportunity=bool(r.opportunity),
+        )
+        for r in rows
+    ]
