@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from leadscore_api.api import (
     api_keys,
     backtest,
+    challenger,
     costs,
     deliveries,
     events,
@@ -28,6 +29,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     spreadsheets.router,
     leads.router,
     rulesets.router,
+    challenger.router,
     backtest.router,
     jobs.router,
     api_keys.router,

@@ -502,9 +502,11 @@ def _register_lifecycle_commands() -> None:
     # Imported here: the backtest pulls in the service and storage layers, which `validate`,
     # `test` and `eval` do not need.
     from leadscore_api.cli.backtest import backtest, calibrate
+    from leadscore_api.cli.challenger import challenge
 
     rules.add_command(backtest)
     rules.add_command(calibrate)
+    rules.add_command(challenge)
 
 
 _register_lifecycle_commands()

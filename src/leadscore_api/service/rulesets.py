@@ -12,6 +12,10 @@ serve. A :class:`RulesetRegistry` bound to the database polls one integer (the a
 generation) at most every ``LEADSCORE_RULESET_REFRESH_SECONDS`` and swaps in the new set when it
 moved, compiling each text once (kept by sha256). Requests take a :meth:`snapshot`, so one
 request scores with one set from start to end even if a swap happens meanwhile.
+
+The set also holds the running challengers (A/B tests, ``ruleset_challengers``): a stored
+version scored beside the active one of its name, under the name ``<name>@challenger``, and
+never acted on. Declaring or stopping one bumps the same generation, so replicas follow it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -36,6 +40,7 @@ from leadscore_api.scoring.loader import load_ruleset_text
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.lifecycle_models import RulesetActivation
 from leadscore_api.storage.models import RulesetRecord
+from leadscore_api.storage.repositories import challenger as challenger_repo
 from leadscore_api.storage.repositories import rulesets as rulesets_repo
 from leadscore_api.storage.unit_of_work import in_transaction
 
@@ -55,6 +60,10 @@ class _ActiveSet:
     activated_at: dict[str, datetime]
     #: The database generation this set was read at (-1: not read from a database).
     generation: int = -1
+    #: Running challengers by the active name they challenge; each is named ``<name>@challenger``.
+    challengers: dict[str, LoadedRuleset] = field(default_factory=dict)
+    #: When each challenge began, by the active name.
+    challenger_started_at: dict[str, datetime] = field(default_factory=dict)
 
 
 class RulesetRegistry:
@@ -129,6 +138,19 @@ class RulesetRegistry:
     @property
     def primary(self) -> LoadedRuleset:
         return self.rulesets[self.primary_name]
+
+    @property
+    def challengers(self) -> dict[str, LoadedRuleset]:
+        """Running challengers by the active name they challenge (scored, never acted on)."""
+        return self._active.challengers
+
+    @property
+    def challenger_started_at(self) -> dict[str, datetime]:
+        return self._active.challenger_started_at
+
+    def is_challenger(self, loaded: LoadedRuleset) -> bool:
+        challenger = self._active.challengers.get(loaded.name.removesuffix(CHALLENGER_SUFFIX))
+        return challenger is loaded
 
     def ordered(self) -> list[LoadedRuleset]:
         """The primary first, then the others by name (a stable order for locks and output)."""
@@ -218,12 +240,26 @@ class RulesetRegistry:
         primary = self.primary_name
         if primary not in rulesets:
             raise RegistryError(f"no active version of the primary ruleset {primary!r} is stored")
+        challengers: dict[str, LoadedRuleset] = {}
+        started_at: dict[str, datetime] = {}
+        for challenge, record in challenger_repo.current(session):
+            if challenge.name in rulesets:
+                # A copy under its own name: its rows, snapshots and output never mix with
+                # the active version's, even when both are the same text.
+                compiled = self._compile(record)
+                compiled.scorer  # noqa: B018 - built once here, shared by the copy
+                challengers[challenge.name] = replace(
+                    compiled, name=challenger_repo.score_key(challenge.name)
+                )
+                started_at[challenge.name] = challenge.started_at
         with self._ticket_lock:
             # Two threads refreshing at once: the one that started reading first (and so may
             # have read the older state) must not overwrite the other's set.
             if ticket > self._applied_ticket:
                 self._applied_ticket = ticket
-                self._active = _ActiveSet(rulesets, primary, activated_at, generation)
+                self._active = _ActiveSet(
+                    rulesets, primary, activated_at, generation, challengers, started_at
+                )
         self._checked_at = time.monotonic()
 
     def _compile(self, record: RulesetRecord) -> LoadedRuleset:
@@ -232,6 +268,10 @@ class RulesetRegistry:
             loaded = load_ruleset_text(record.content, stored_name(record))
             self._compiled[record.sha256] = loaded
         return loaded
+
+
+#: What a challenger's name ends with, in its score rows and in the set (``<name>@challenger``).
+CHALLENGER_SUFFIX = challenger_repo.SUFFIX
 
 
 def stored_name(record: RulesetRecord) -> str:

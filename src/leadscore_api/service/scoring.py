@@ -93,6 +93,10 @@ def score_lead(
     several events in one request is evaluated after each of them (the last one as of now), so
     its timeline reads the same whether the events came one by one or in a batch. Changes that
     only time made (``cause="time"``, from the freshness sweep) are dated ``now``.
+
+    A running challenger (A/B test) is folded in the same way and its row stored under its own
+    name, but nothing else follows from it: no history, transitions, timers, routing, nor any
+    change to the lead's columns (``models`` included).
     """
     update_ = LeadUpdate(lead=lead)
     visible_change = False
@@ -104,8 +108,9 @@ def score_lead(
     final: dict[str, ScoreResult] = {}
     summaries: dict[str, dict[str, Any]] = {}
 
-    for loaded in registry.ordered():
+    for loaded in (*registry.ordered(), *registry.challengers.values()):
         scorer = loaded.scorer
+        challenger = registry.is_challenger(loaded)
         row = scores.get(loaded.name)
         previous: dict[str, Any] | None = dict(row.summary) if row is not None else None
         must_replay = replay or (row is None and not is_new)
@@ -119,7 +124,7 @@ def score_lead(
                 for position, event in enumerate(ordered_new):
                     scorer.apply(state, event)
                     _take_snapshot(snapshots, lead.id, loaded, state, event)
-                    if position < len(ordered_new) - 1:
+                    if position < len(ordered_new) - 1 and not challenger:
                         steps.append(_Step.of(event, scorer.evaluate(state, event.occurred_at)))
             except OutOfOrderEvent:
                 must_replay = True
@@ -143,11 +148,12 @@ def score_lead(
         pending.snapshots.extend(snapshots)
         last_step = _Step.of(ordered_new[-1] if ordered_new else None, result)
         steps.append(last_step)
-        final[loaded.name] = result
         # The step's own dict: the assignee is added to it, and it is stored as the row's
         # summary and as the history row's ``current``, all the same value.
         summary = last_step.summary
-        summaries[loaded.name] = summary
+        if not challenger:
+            final[loaded.name] = result
+            summaries[loaded.name] = summary
         is_primary = loaded.name == registry.primary_name
 
         if is_primary and _timers_changed(previous, summary):
@@ -168,9 +174,10 @@ def score_lead(
             assignee = _assignee(session, lead, result)
             summary["assignee"] = assignee
             primary_assignee = assignee
-        _record_changes(
-            lead, loaded, previous, steps, cause, now, pending, update_, is_primary, assignee
-        )
+        if not challenger:
+            _record_changes(
+                lead, loaded, previous, steps, cause, now, pending, update_, is_primary, assignee
+            )
         if is_primary:
             visible_change = len(pending.history) > written
         state_json = state.to_json()

@@ -82,3 +82,19 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+
+
+class RulesetChallenger(Base):
+    """A stored version scoring every event beside the active version of ``name``, unheeded.
+
+    One row per ruleset name while its A/B test runs; stopping or promoting deletes it. A row,
+    not a process setting, so that every replica scores the challenger (the generation is
+    bumped with each change, and replicas reload the set when it moves).
+    """
+
+    __tablename__ = "ruleset_challengers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    ruleset_id: Mapped[int] = mapped_column(ForeignKey("rulesets.id"))
+    #: When the test began: the report compares the leads scored by both since then.
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
