@@ -300,3 +300,33 @@ def test_hostile_names_and_numbers_are_refused_before_the_database(
     response = client.request(method, path)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_reload_without_activation_stores_a_candidate_that_nobody_is_scored_with(
+    replicas: Replicas,
+) -> None:
+    """The A/B workflow: store v2, run it as the challenger, promote it; v1 served until then."""
+    a, b = replicas.a, replicas.b
+    write_rules(replicas.rules, version=2, visit=30)
+    response = a.post("/v1/rulesets/reload", params={"activate": "false"})
+    assert response.status_code == 200, response.text
+    assert [(f["version"], f["status"]) for f in response.json()["files"]] == [(2, "stored")]
+    assert active_version(a) == 1 and active_version(b) == 1
+    assert _score_of_new_lead(b, "control@example.it") == (20, 1)
+    versions = a.get(f"/v1/rulesets/{PRIMARY}/versions").json()["items"]
+    assert [(v["version"], v["active"]) for v in versions] == [(1, True), (2, False)]
+
+    response = a.post(f"/v1/rulesets/{PRIMARY}/challenger", params={"version": 2})
+    assert response.status_code in (200, 201), response.text
+    response = a.post(f"/v1/rulesets/{PRIMARY}/challenger/promote")
+    assert response.status_code == 200, response.text
+    eventually(lambda: active_version(b) == 2, what="replica b to serve the promoted v2")
+    assert _score_of_new_lead(b, "promoted@example.it") == (60, 2)
+
+    result = CliRunner().invoke(
+        main,
+        ["rules", "reload", "--no-activate"],
+        env=cli_env(replicas.settings.database_url, replicas.rules),
+    )
+    assert result.exit_code == 0, result.output
+    assert active_version(a) == 2

@@ -135,8 +135,9 @@ class ReloadedFileOut(BaseModel):
     version: int
     sha256: str
     path: str
-    status: Literal["activated", "unchanged"] = Field(
+    status: Literal["activated", "stored", "unchanged"] = Field(
         description="`activated`: a version seen for the first time, now active;"
+        " `stored`: seen for the first time and only stored (`activate=false`);"
         " `unchanged`: already stored (a rollback is not undone by a reload)."
     )
 
@@ -174,12 +175,21 @@ def reload_rulesets(
     settings: SettingsDep,
     rescore: Rescore = False,
     emit_webhooks: EmitWebhooks = False,
+    activate: Annotated[
+        bool,
+        Query(
+            description="`false`: store new versions without serving them, to backtest them"
+            " or run one as a challenger first (a ruleset with no active version is still"
+            " activated)."
+        ),
+    ] = True,
 ) -> ReloadOut:
     report, job = lifecycle.reload(
         factory,
         _live_registry(request),
         settings,
         lifecycle.Rescore(rescore, emit_webhooks),
+        activate=activate,
     )
     return ReloadOut(
         files=[

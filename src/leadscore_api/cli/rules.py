@@ -383,7 +383,12 @@ def rollback_command(name: str, rescore: bool, emit_webhooks: bool) -> None:
 @rules.command("reload")
 @_rescore_option
 @_webhooks_option
-def reload_command(rescore: bool, emit_webhooks: bool) -> None:
+@click.option(
+    "--no-activate",
+    is_flag=True,
+    help="Store new versions without serving them (to backtest them or run a challenger).",
+)
+def reload_command(rescore: bool, emit_webhooks: bool, no_activate: bool) -> None:
     """Validate and store the rules folder; activate the versions seen for the first time.
 
     Invalid files are listed as FILE:LINE: problem and nothing changes; a changed file that
@@ -394,7 +399,11 @@ def reload_command(rescore: bool, emit_webhooks: bool) -> None:
     with _database(migrate=True) as (settings, factory):
         try:
             report, job = lifecycle.reload(
-                factory, None, settings, lifecycle.Rescore(rescore, emit_webhooks)
+                factory,
+                None,
+                settings,
+                lifecycle.Rescore(rescore, emit_webhooks),
+                activate=not no_activate,
             )
         except LeadscoreError as exc:
             _refuse(exc)

@@ -75,12 +75,15 @@ def reload(
     registry: RulesetRegistry | None,
     settings: Settings,
     rescore: Rescore,
+    *,
+    activate: bool = True,
 ) -> tuple[ReloadReport, JobView | None]:
-    """Validate the rules folder first (422 with ``FILE:LINE``), then store and activate."""
+    """Validate the rules folder first (422 with ``FILE:LINE``), then store and activate
+    (``activate=False``: store new versions only, for a backtest or a challenger)."""
     loaded = rulesets_service.load_folder(settings)
 
     def work(session: Session) -> tuple[ReloadReport, JobView | None]:
-        report = rulesets_service.store_folder(session, loaded)
+        report = rulesets_service.store_folder(session, loaded, activate=activate)
         return report, rescore.queue(session, "reload") if report.changed else None
 
     result = in_transaction(session_factory, work)

@@ -281,7 +281,7 @@ def stored_name(record: RulesetRecord) -> str:
 
 # -- the lifecycle: reload, activate, roll back ------------------------------------------------
 
-FileStatus = Literal["activated", "unchanged"]
+FileStatus = Literal["activated", "stored", "unchanged"]
 
 
 @dataclass
@@ -323,8 +323,14 @@ def load_folder(settings: Settings) -> dict[str, LoadedRuleset]:
     return loaded
 
 
-def store_folder(session: Session, loaded: dict[str, LoadedRuleset]) -> ReloadReport:
+def store_folder(
+    session: Session, loaded: dict[str, LoadedRuleset], *, activate: bool = True
+) -> ReloadReport:
     """Store the folder's rulesets and activate the versions seen for the first time.
+
+    With ``activate=False`` new versions are only stored (status ``stored``), to be backtested
+    or run as a challenger before anyone is scored with them; a name with no active version
+    yet is still activated, or the service would have nothing to score with.
 
     All or nothing: a file whose version is stored with other content is refused (409 naming
     the file) and nothing is written. A stored version is not activated again, so a rollback
@@ -368,7 +374,9 @@ def store_folder(session: Session, loaded: dict[str, LoadedRuleset]) -> ReloadRe
                 ),
             )
             current = active.get(item.name)
-            if current is None or current.ruleset_id != record.id:
+            if current is not None and not activate:
+                status = "stored" if existing is None else "unchanged"
+            elif current is None or current.ruleset_id != record.id:
                 _switch(session, item.name, record.id, current, "load")
                 status = "activated"
                 changed = True
