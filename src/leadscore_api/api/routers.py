@@ -8,6 +8,7 @@ from leadscore_api.api import (
     api_keys,
     backtest,
     costs,
+    dashboard,
     deliveries,
     events,
     health,
@@ -37,4 +38,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     reps.router,
     reports.router,
     costs.router,
+    dashboard.router,
 )
