@@ -134,7 +134,7 @@ def test_the_wall_screen_link_signs_in_with_a_read_only_key(
     reader = make_api_key("leads:read", name="wall screen")
     response = anon_client.get(f"/dashboard/login?token={reader}", follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/dashboard"
-    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["referrer-policy"] == "same-origin"
     assert "httponly" in response.headers["set-cookie"].lower()
     page = anon_client.get("/dashboard")
     assert page.status_code == 200 and "wall screen" in page.text

@@ -53,8 +53,10 @@ _HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    # The wall-screen link carries a key in its URL: never send it on as a Referer.
-    "Referrer-Policy": "no-referrer",
+    # The wall-screen link carries a key in its URL: never send it to another site as a Referer.
+    # (Not no-referrer: Chromium then sends `Origin: null` on the pages' own forms, and the
+    # sign-in's same-origin check needs the real origin.)
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
