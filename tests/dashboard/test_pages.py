@@ -50,6 +50,22 @@ def test_a_wrong_key_is_refused_and_gets_no_session(anon_client: TestClient) -> 
     assert anon_client.get("/dashboard", follow_redirects=False).status_code == 303
 
 
+@pytest.mark.parametrize(
+    "body", [b"key=%00", b"key=%ED%A0%80", b"key=\xff\xfe", b"nokey=1", b"key=a&key=b"]
+)
+def test_hostile_sign_in_bodies_are_refused_not_crashed(
+    anon_client: TestClient, body: bytes
+) -> None:
+    response = anon_client.post(
+        "/dashboard/login",
+        content=body,
+        headers={**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 401
+    assert "set-cookie" not in response.headers
+
+
 def test_a_key_without_leads_read_is_refused(
     anon_client: TestClient, make_api_key: MakeApiKey
 ) -> None:
