@@ -113,6 +113,12 @@ def shots(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     shutil.copytree(folder, target)
 
 
+def styled(page: Any) -> bool:
+    """The page has the dashboard's stylesheet applied (its background colour)."""
+    colour = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    return bool(colour == "rgb(244, 246, 249)")
+
+
 def make_reader_key(base: str) -> str:
     response = httpx.post(
         f"{base}/v1/api-keys",
@@ -146,6 +152,7 @@ def test_sign_in_read_the_figures_and_open_a_lead(server: str, shots: Path) -> N
             page.wait_for_url(f"{server}/dashboard")
 
             assert page.inner_text("#cohort") == "5"
+            assert styled(page)
             tiles = page.locator(".tile")
             assert tiles.count() == 6
             conversion = page.locator("[data-kpi=lead_conversion_rate]")
@@ -179,6 +186,7 @@ def test_sign_in_read_the_figures_and_open_a_lead(server: str, shots: Path) -> N
             rows.locator("a").click()
             page.wait_for_url(f"{server}/dashboard/leads/*")
             assert page.inner_text("h1") == "l1@metalpro.it"
+            assert styled(page) and page.locator("header .logout").count() == 1
             assert page.inner_text("#lead-score") == "A 90"
             dots = page.locator("#timeline circle.dot")
             scores = [int(dot.get_attribute("data-score") or "-1") for dot in dots.all()]

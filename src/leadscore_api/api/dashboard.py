@@ -84,8 +84,16 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _flat_mapping(value: object) -> bool:
+    """A mapping of plain values: shown on one line (an explanation's rule, its score)."""
+    return isinstance(value, dict) and not any(
+        isinstance(item, dict | list) for item in value.values()
+    )
+
+
 _env.filters["num"] = _number
 _env.filters["when"] = _when
+_env.tests["flat_mapping"] = _flat_mapping
 
 
 # -- the request's language, security and session ---------------------------------------------
