@@ -10,11 +10,13 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.conftest import TEST_ADMIN_KEY, MakeApiKey
 
 from leadscore_api.service import dashboard_sessions
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.models import Lead
 
 ORIGIN = {"Origin": "http://testserver"}
 
@@ -207,3 +209,67 @@ def test_the_stylesheet_is_served_without_a_session(anon_client: TestClient) -> 
     css = anon_client.get("/dashboard/dashboard.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert ".tiles" in css.text
+
+
+def test_the_queue_shows_hot_leads_overdue_first(
+    client: TestClient, anon_client: TestClient, session_factory: sessionmaker[Session]
+) -> None:
+    """Three hot leads (A90: a big manufacturer who read everything) and a cold one; due times
+    are set on the rows directly, as the procedure's workflows would: one an hour overdue, one
+    due in two days, one with none. The queue lists overdue, then due, then none; not the cold."""
+    now = utcnow().replace(microsecond=0)
+    big = {"role": "purchasing manager", "employees": 250, "industry": "manufacturing"}
+    big |= {"annual_revenue_eur": 5_000_000}
+    kinds = ["page.viewed", "email.opened", "content.downloaded", "newsletter.subscribed"]
+    kinds += ["webinar.attended"]
+    events: list[dict[str, object]] = []
+    for name in ("later", "overdue", "undated"):
+        at = now - timedelta(days=1)
+        events.append(
+            {
+                "id": f"{name}-0",
+                "type": "form.submitted",
+                "occurred_at": at.isoformat(),
+                "lead": {"email": f"{name}@x.it"},
+                "attributes": big,
+            }
+        )
+        for n, kind in enumerate(kinds, start=1):
+            events.append(
+                {
+                    "id": f"{name}-{n}",
+                    "type": kind,
+                    "occurred_at": (at + timedelta(minutes=n)).isoformat(),
+                    "lead": {"email": f"{name}@x.it"},
+                    "properties": {"url": "https://x.it/prezzi"} if n == 1 else {},
+                }
+            )
+    events.append(
+        {
+            "id": "cold-0",
+            "type": "form.submitted",
+            "occurred_at": now.isoformat(),
+            "lead": {"email": "cold@x.it"},
+            "attributes": {"role": "intern"},
+        }
+    )
+    assert client.post("/v1/events", json={"events": events}).status_code == 200
+    with session_factory() as session, session.begin():
+        for lead in session.scalars(select(Lead)):
+            if lead.email == "overdue@x.it":
+                lead.next_action_due = now - timedelta(hours=1)
+            elif lead.email == "later@x.it":
+                lead.next_action_due = now + timedelta(days=2)
+            else:
+                lead.next_action_due = None
+    assert sign_in(anon_client, TEST_ADMIN_KEY)[0] == 303
+    page = anon_client.get("/dashboard?lang=en").text
+    queue = page[page.index('id="queue"') : page.index("</table>", page.index('id="queue"'))]
+    rows = queue.split("<tr")[2:]
+    assert [row.split("@x.it")[0].rsplit(">", 1)[1] for row in rows] == [
+        "overdue",
+        "later",
+        "undated",
+    ]
+    assert "Overdue" in rows[0] and 'class="overdue"' in rows[0]
+    assert "Overdue" not in rows[1] and "Overdue" not in rows[2]

@@ -20,11 +20,16 @@ def hot_leads(
     owner: str | None = None,
     limit: int = 50,
 ) -> list[Lead]:
-    """Leads in the hot tier or the SQL stage, the most pressing due time first (none last)."""
+    """Leads in the hot tier or the SQL stage, the most pressing due time first (none last).
+
+    Among leads due at the same time (or with no due time), the highest score comes first.
+    """
     statement = select(Lead).where(or_(Lead.tier == tier, Lead.stage == stage))
     if owner is not None:
         statement = statement.where(Lead.owner == owner)
-    statement = statement.order_by(Lead.next_action_due.asc().nulls_last(), Lead.id).limit(limit)
+    statement = statement.order_by(
+        Lead.next_action_due.asc().nulls_last(), Lead.score.desc(), Lead.id
+    ).limit(limit)
     return list(session.scalars(statement))
 
 
