@@ -160,6 +160,21 @@ def test_the_wall_screen_link_signs_in_with_a_read_only_key(
     assert bad.status_code == 401
 
 
+def test_the_wall_screen_link_refuses_keys_that_can_do_more(
+    anon_client: TestClient, make_api_key: MakeApiKey
+) -> None:
+    """A key in a URL ends up in history and logs: the link takes only read-only keys."""
+    for key in (TEST_ADMIN_KEY, make_api_key("leads:read", "leads:write")):
+        response = anon_client.get(
+            "/dashboard/login", params={"token": key}, follow_redirects=False
+        )
+        assert response.status_code == 403
+        assert "set-cookie" not in response.headers
+        assert "solo ambito leads:read" in response.text
+    # The same keys sign in through the form.
+    assert sign_in(anon_client, TEST_ADMIN_KEY)[0] == 303
+
+
 def test_italian_by_default_english_on_request(anon_client: TestClient) -> None:
     assert sign_in(anon_client, TEST_ADMIN_KEY)[0] == 303
     italian = anon_client.get("/dashboard")

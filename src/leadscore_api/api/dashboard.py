@@ -172,15 +172,18 @@ def _signed_in(request: Request, settings: SettingsDep, token: str, expires: dat
     return response
 
 
-def _sign_in(request: Request, settings: SettingsDep, presented: str) -> Response:
+def _sign_in(
+    request: Request, settings: SettingsDep, presented: str, read_only: bool = False
+) -> Response:
     result = sessions.sign_in(
         request.app.state.session_factory,
         presented,
         settings.admin_api_key,
         timedelta(hours=settings.dashboard_session_hours),
+        read_only=read_only,
     )
     if result.token is None or result.expires_at is None:
-        status = 403 if result.refused == "scope" else 401
+        status = 401 if result.refused == "invalid" else 403
         return _render(request, "login.html", status=status, refused=result.refused)
     return _signed_in(request, settings, result.token, result.expires_at)
 
@@ -200,10 +203,11 @@ async def stylesheet() -> Response:
 
 @router.get("/dashboard/login")
 def login_page(request: Request, settings: SettingsDep) -> Response:
-    """The form; with ``?token=<key>`` (a wall screen's link) it signs in at once."""
+    """The form; with ``?token=<key>`` (a wall screen's link, a key with only leads:read) it
+    signs in at once."""
     token = request.query_params.get("token")
     if token is not None:
-        return _sign_in(request, settings, token)
+        return _sign_in(request, settings, token, read_only=True)
     return _render(request, "login.html", refused=None)
 
 

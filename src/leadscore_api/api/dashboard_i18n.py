@@ -31,6 +31,10 @@ LABELS: dict[str, dict[Lang, str]] = {
         "it": "Questa chiave non ha l'ambito leads:read.",
         "en": "This key lacks the leads:read scope.",
     },
+    "refused_link_scope": {
+        "it": "Il link per lo schermo accetta solo una chiave con il solo ambito leads:read.",
+        "en": "The wall-screen link takes only a key whose only scope is leads:read.",
+    },
     "refused_origin": {
         "it": "Richiesta rifiutata: non proviene da questa pagina.",
         "en": "Request refused: it did not come from this page.",

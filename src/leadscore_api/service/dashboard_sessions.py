@@ -42,7 +42,8 @@ class SignIn:
 
     token: str | None
     expires_at: datetime | None
-    #: ``invalid`` (unknown, malformed, revoked) or ``scope`` (valid but without leads:read).
+    #: ``invalid`` (unknown, malformed, revoked), ``scope`` (valid but without leads:read) or
+    #: ``link_scope`` (a link's key with more scopes than leads:read).
     refused: str | None = None
 
 
@@ -63,8 +64,15 @@ def sign_in(
     admin_key: str | None,
     lifetime: timedelta,
     now: datetime | None = None,
+    *,
+    read_only: bool = False,
 ) -> SignIn:
-    """Check the key as the API does; on success store a session and return its token."""
+    """Check the key as the API does; on success store a session and return its token.
+
+    ``read_only``: the key must have ``leads:read`` and nothing else. The wall-screen link
+    carries its key in the URL, where browser history and proxy logs keep it: only a key that
+    can do no more than the dashboard shows is accepted there.
+    """
     presented = presented.strip()
     if not presented or len(presented) > MAX_KEY_LENGTH or not presented.isprintable():
         return SignIn(token=None, expires_at=None, refused="invalid")
@@ -78,6 +86,8 @@ def sign_in(
             return SignIn(token=None, expires_at=None, refused="invalid")
         if not principal.has(REQUIRED_SCOPE):
             return SignIn(token=None, expires_at=None, refused="scope")
+        if read_only and principal.scopes != {REQUIRED_SCOPE}:
+            return SignIn(token=None, expires_at=None, refused="link_scope")
         sessions_repo.delete_expired(session, now)
         sessions_repo.add(
             session,
