@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = 5.0
     #: How often a replica asks the database whether another ruleset version was activated.
     ruleset_refresh_seconds: float = 2.0
+    #: How long a dashboard sign-in lasts before the browser must sign in again.
+    dashboard_session_hours: float = 8.0
     #: How often ``serve`` and ``worker`` look for background jobs (re-scores) to run.
     job_poll_seconds: float = 2.0
     webhook_timestamp_tolerance_seconds: int = 300
@@ -171,6 +173,13 @@ class Settings(BaseSettings):
     def _writers_in_range(cls, value: int | None) -> int | None:
         if value is not None and not 1 <= value <= 32:
             raise ValueError("must be a whole number from 1 to 32")
+        return value
+
+    @field_validator("dashboard_session_hours")
+    @classmethod
+    def _session_hours(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0 < value <= 720):
+            raise ValueError("must be hours, more than 0 and at most 720 (30 days)")
         return value
 
     @field_validator("api_key_cache_seconds")

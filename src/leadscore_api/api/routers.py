@@ -9,6 +9,7 @@ from leadscore_api.api import (
     backtest,
     challenger,
     costs,
+    dashboard,
     deliveries,
     events,
     health,
@@ -39,4 +40,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     reps.router,
     reports.router,
     costs.router,
+    dashboard.router,
 )

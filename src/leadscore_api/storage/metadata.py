@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 from leadscore_api.storage import (
+    dashboard_models,
     delivery_models,
     directory_models,
     lifecycle_models,
@@ -22,6 +23,7 @@ TABLE_MODULES = (
     lifecycle_models,
     report_models,
     snapshot_models,
+    dashboard_models,
 )
 
 

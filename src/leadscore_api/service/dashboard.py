@@ -1,0 +1,89 @@
+"""What the dashboard's pages show: the report, the queue of hot leads, a lead's timeline.
+
+The figures are the reports service's own (:mod:`leadscore_api.service.reports`), so the
+dashboard and ``/v1/reports`` never disagree; this module adds the two things only the
+dashboard shows: who to call today, and how one lead's score moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from leadscore_api.service import reports
+from leadscore_api.service.leads import get_lead
+from leadscore_api.service.rulesets import RulesetRegistry
+from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.models import Lead
+from leadscore_api.storage.repositories import dashboard as dashboard_repo
+from leadscore_api.storage.repositories.dashboard import TimelineRow
+
+#: The longest queue shown: a day's calls, not a lead list (that is what the API is for).
+QUEUE_LIMIT = 50
+#: The changes a lead page draws; a lead scored more often shows its latest ones.
+TIMELINE_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    lead: Lead
+    overdue: bool
+
+
+@dataclass(frozen=True)
+class Overview:
+    report: reports.Report
+    queue: list[QueueItem]
+    hot_tier: str | None
+    now: datetime
+
+
+def _hot_tier(registry: RulesetRegistry, model: str) -> str | None:
+    """The model's highest tier (``hot`` in the bundled rules)."""
+    tiers = registry.rulesets[model].ruleset.tiers
+    return max(tiers, key=lambda name: tiers[name]) if tiers else None
+
+
+def overview(
+    session: Session,
+    registry: RulesetRegistry,
+    query: reports.ReportFilter,
+    now: datetime | None = None,
+) -> Overview:
+    now = now or utcnow()
+    report = reports.build_report(session, registry, query, now=now)
+    tier = _hot_tier(registry, query.model)
+    leads = dashboard_repo.hot_leads(
+        session,
+        tier=tier or "",
+        stage=report.sql_stage or "",
+        owner=query.owner,
+        limit=QUEUE_LIMIT,
+    )
+    queue = [
+        QueueItem(
+            lead=lead, overdue=lead.next_action_due is not None and lead.next_action_due < now
+        )
+        for lead in leads
+    ]
+    return Overview(report=report, queue=queue, hot_tier=tier, now=now)
+
+
+@dataclass(frozen=True)
+class LeadPage:
+    lead: Lead
+    model: str
+    timeline: list[TimelineRow]
+
+
+def lead_page(session: Session, registry: RulesetRegistry, lead_id: str) -> LeadPage:
+    """The lead (LeadNotFound if none) and its changes under the primary model."""
+    lead = get_lead(session, lead_id)
+    model = registry.primary_name
+    return LeadPage(
+        lead=lead,
+        model=model,
+        timeline=dashboard_repo.timeline(session, lead.id, model, TIMELINE_LIMIT),
+    )
