@@ -1,7 +1,7 @@
 """Challengers: a stored ruleset version scoring beside the active one, not acted on (A/B).
 
 Revision ID: 0010_challengers
-Revises: 0008_score_snapshots
+Revises: 0009_dashboard_sessions
 Create Date: 2026-11-26
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_challengers"
-down_revision: str | None = "0008_score_snapshots"
+down_revision: str | None = "0009_dashboard_sessions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
