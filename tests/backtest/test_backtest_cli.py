@@ -106,3 +106,17 @@ def test_stored_version_and_bad_input(env: dict[str, str], tmp_path: Path) -> No
     period = run(env, "trial@1", "--from", "2026-02-01T00:00:00Z", "--to", "2026-01-01T00:00:00Z")
     assert period.exit_code == 2
     assert "from must be before to" in period.output
+
+
+def test_the_active_side_is_the_version_the_database_serves_not_the_folders_file(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A newer file in the folder, stored with reload --no-activate, is not "the active one"."""
+    rules = Path(env["LEADSCORE_RULES_DIR"])
+    (rules / "trial.yaml").write_text(BETTER, encoding="utf-8")  # v2 in the folder now
+    stored = CliRunner().invoke(main, ["rules", "reload", "--no-activate"], env=env)
+    assert stored.exit_code == 0, stored.output
+    result = run(env, "trial@2", "--format", "json", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    rulesets = json.loads(result.output)["rulesets"]
+    assert (rulesets["active"]["version"], rulesets["candidate"]["version"]) == (1, 2)

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from leadscore_api.cli.serve import checked_rulesets, checked_settings
 from leadscore_api.errors import LeadscoreError
 from leadscore_api.scoring import LoadedRuleset, RuleFileError, load_ruleset_file
 from leadscore_api.service import backtest as service
+from leadscore_api.service.rulesets import RegistryError, RulesetRegistry
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 #: ``NAME@VERSION``: a ruleset version stored by the service.
@@ -291,9 +293,10 @@ def backtest(
         except LeadscoreError as exc:
             _fail(exc.detail)
         with factory() as session:
+            active = _active_primary(session, registry)
             report = service.run_backtest(
                 session,
-                registry.primary,
+                active,
                 loaded,
                 period,
                 changes_limit=changes_limit,
@@ -308,6 +311,17 @@ def backtest(
         click.echo(render_csv(report), nl=False)
     else:
         click.echo(render_table(report))
+
+
+def _active_primary(session: Session, folder: RulesetRegistry) -> LoadedRuleset:
+    """The primary version the database says is active (what the service scores with, after
+    a rollback or a reload --no-activate too); the folder's only on a database never started."""
+    stored = RulesetRegistry({}, folder.primary_name)
+    try:
+        stored.refresh(session)
+    except RegistryError:
+        return folder.primary
+    return stored.primary
 
 
 @click.command("calibrate")
@@ -339,7 +353,7 @@ def calibrate(start: str | None, end: str | None, out: str) -> None:
         factory = make_session_factory(engine, read_only=True)
         with factory() as session:
             try:
-                result = fit(session, registry.primary, period)
+                result = fit(session, _active_primary(session, registry), period)
             except CalibrationError as exc:
                 _fail(str(exc))
     finally:
