@@ -504,8 +504,23 @@ def time_dashboard(url: str, repeat: int) -> list[Timing]:
         assert signed.status_code == 303, signed.text
         for days in (30, 90, 365):
             path = f"/dashboard?period={days}"
+            # The first load computes the view's report (a cache miss, as after a restart);
+            # the timed ones are served from the report cache (LEADSCORE_DASHBOARD_CACHE_SECONDS),
+            # as every load is while the view is in use: the warming loop recomputes it in the
+            # background before it expires.
+            wall, cpu = time.perf_counter(), time.process_time()
             response = client.get(path)
             assert response.status_code == 200, response.text
+            timings.append(
+                Timing(
+                    "dashboard page, first load",
+                    f"{days} days",
+                    (time.perf_counter() - wall) * 1000,
+                    (time.perf_counter() - wall) * 1000,
+                    (time.process_time() - cpu) * 1000,
+                    None,
+                )
+            )
             walls, cpus = [], []
             server_before = server_cpu_seconds(url)
             for _ in range(repeat):
@@ -522,7 +537,7 @@ def time_dashboard(url: str, repeat: int) -> list[Timing]:
             )
             timings.append(
                 Timing(
-                    "dashboard page",
+                    "dashboard page, in use",
                     f"{days} days",
                     statistics.median(walls) * 1000,
                     min(walls) * 1000,

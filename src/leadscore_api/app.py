@@ -38,6 +38,7 @@ from leadscore_api.service.api_keys import PrincipalCache
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.jobs import running_jobs
+from leadscore_api.service.report_cache import ReportCache, keep_warm
 from leadscore_api.service.reps import directory_file_for, sync_directory
 from leadscore_api.service.rulesets import (
     RulesetRegistry,
@@ -92,6 +93,27 @@ async def ruleset_follower(app: FastAPI) -> AsyncIterator[None]:
             await task
 
 
+@asynccontextmanager
+async def report_warmer(app: FastAPI) -> AsyncIterator[None]:
+    """Keep the dashboard views in use computed (``service/report_cache.py``)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        keep_warm(
+            app.state.report_cache,
+            app.state.read_session_factory,
+            app.state.registry.snapshot,
+            stop,
+        ),
+        name="leadscore-report-cache",
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(
     settings: Settings | None = None, *, lifespan_hooks: Sequence[LifespanHook] = ()
 ) -> FastAPI:
@@ -110,7 +132,12 @@ def create_app(
         max_group_events=settings.ingest_group_events,
     )
 
-    hooks: list[LifespanHook] = [*lifespan_hooks, ruleset_follower, delivery_loops]
+    hooks: list[LifespanHook] = [
+        *lifespan_hooks,
+        ruleset_follower,
+        report_warmer,
+        delivery_loops,
+    ]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -149,6 +176,7 @@ def create_app(
     app.state.ingest_writer = ingest_writer
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
+    app.state.report_cache = ReportCache(settings.dashboard_cache_seconds)
     app.state.started = False
 
     install_problem_handlers(app)

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     #: start-up (the bundled folder's file included, so routing reaches a person out of the box).
     sync_rep_directory: bool = True
     worker_poll_seconds: float = 0.5
+    #: How old the dashboard's figures may be: each view's report is computed at most once in
+    #: this many seconds per process and kept warm while in use (0: computed on every load).
+    dashboard_cache_seconds: float = 60.0
     #: uvicorn's access log, one line per request (off: /metrics still counts every request).
     access_log: bool = True
     #: Writer threads that run ingest requests together (group commit). One: SQLite has a
@@ -182,7 +185,7 @@ class Settings(BaseSettings):
             raise ValueError("must be hours, more than 0 and at most 720 (30 days)")
         return value
 
-    @field_validator("api_key_cache_seconds")
+    @field_validator("api_key_cache_seconds", "dashboard_cache_seconds")
     @classmethod
     def _cache_seconds(cls, value: float) -> float:
         if not (math.isfinite(value) and 0 <= value <= 3600):

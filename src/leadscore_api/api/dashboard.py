@@ -270,7 +270,7 @@ def overview(request: Request, settings: SettingsDep, registry: RegistryDep) -> 
         return _error(request, 400, str(exc))
     factory: sessionmaker[Session] = request.app.state.read_session_factory
     with factory() as session:
-        data = service.overview(session, registry, query)
+        data = service.overview(session, registry, query, cache=request.app.state.report_cache)
     report = data.report
     matrix = report.matrix
     largest_cell = max((c.count for row in matrix.rows for c in row), default=0) if matrix else 0
@@ -286,6 +286,7 @@ def overview(request: Request, settings: SettingsDep, registry: RegistryDep) -> 
         report=report,
         queue=data.queue,
         now=data.now,
+        computed_at=data.computed_at,
         days=days,
         periods=PERIODS,
         heat=lambda count: charts.heat_level(count, largest_cell),

@@ -50,6 +50,7 @@ LABELS: dict[str, dict[Lang, str]] = {
         "en": "Leads that arrived in the period",
     },
     "kpis": {"it": "Indicatori (KPI)", "en": "Key figures (KPIs)"},
+    "figures_at": {"it": "dati delle {at}", "en": "figures as of {at}"},
     "target": {"it": "Obiettivo", "en": "Target"},
     "status_met": {"it": "Raggiunto", "en": "Met"},
     "status_missed": {"it": "Non raggiunto", "en": "Missed"},

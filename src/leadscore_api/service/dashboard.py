@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from leadscore_api.service import reports
 from leadscore_api.service.leads import get_lead
+from leadscore_api.service.report_cache import ReportCache
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.models import Lead
@@ -38,6 +39,8 @@ class Overview:
     queue: list[QueueItem]
     hot_tier: str | None
     now: datetime
+    #: When the report's figures were computed (cached reports are up to a minute old).
+    computed_at: datetime
 
 
 def _hot_tier(registry: RulesetRegistry, model: str) -> str | None:
@@ -51,9 +54,14 @@ def overview(
     registry: RulesetRegistry,
     query: reports.ReportFilter,
     now: datetime | None = None,
+    cache: ReportCache | None = None,
 ) -> Overview:
     now = now or utcnow()
-    report = reports.build_report(session, registry, query, now=now)
+    if cache is not None:
+        cached = cache.report(session, registry, query)
+        report, computed_at = cached.report, cached.computed_at
+    else:
+        report, computed_at = reports.build_report(session, registry, query, now=now), now
     tier = _hot_tier(registry, query.model)
     leads = dashboard_repo.hot_leads(
         session,
@@ -68,7 +76,7 @@ def overview(
         )
         for lead in leads
     ]
-    return Overview(report=report, queue=queue, hot_tier=tier, now=now)
+    return Overview(report=report, queue=queue, hot_tier=tier, now=now, computed_at=computed_at)
 
 
 @dataclass(frozen=True)
