@@ -76,6 +76,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # The bundled example reps would take the leads of every test; tests that want the
         # directory file synced say so.
         "sync_rep_directory": False,
+        # Tests read the figures they have just written; the dashboard's one-minute report
+        # cache is tested on its own (tests/dashboard/test_report_cache.py).
+        "dashboard_cache_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -104,6 +104,27 @@ class ReportCache:
                 self._entries[key] = _Entry(report, computed_at, now, last_asked)
         return CachedReport(report, computed_at)
 
+    def ensure(
+        self,
+        session_factory: sessionmaker[Session],
+        registry: RulesetRegistry,
+        query: reports.ReportFilter,
+    ) -> bool:
+        """Keep one view computed whether or not anyone asks (the dashboard's default page,
+        so that even its first load after a start is answered from memory); True if computed."""
+        if self.ttl <= 0:
+            return False
+        key = self.key(registry, query)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.asked_mono = now
+            if now - entry.computed_mono < self.ttl * 0.75:
+                return False
+        with session_factory() as session:
+            self._compute(session, registry, query, key, asked=now)
+        return True
+
     def refresh_due(self, session_factory: sessionmaker[Session], registry: RulesetRegistry) -> int:
         """Recompute the views asked for recently that are (nearly) due; drop the others.
 
@@ -137,17 +158,31 @@ class ReportCache:
         return done
 
 
+def default_view(registry: RulesetRegistry) -> reports.ReportFilter:
+    """The view the dashboard opens on: the last 90 days, no filters, the primary model."""
+    return reports.make_filter(registry, start=None, end=None, model=None, source=None, owner=None)
+
+
 async def keep_warm(
     cache: ReportCache,
     session_factory: sessionmaker[Session],
     registry: Callable[[], RulesetRegistry],
     stop: asyncio.Event,
 ) -> None:
-    """Refresh the views in use every quarter of the cache time until ``stop`` is set."""
+    """Compute the default view at once, then refresh it and the views in use every quarter of
+    the cache time until ``stop`` is set. A failure is logged; the page computes on demand."""
     interval = max(1.0, cache.ttl / 4)
+
+    def round_() -> None:
+        current = registry()
+        try:
+            cache.ensure(session_factory, current, default_view(current))
+        except Exception:
+            log.exception("could not compute the dashboard's default view")
+        cache.refresh_due(session_factory, current)
+
     while not stop.is_set():
+        if cache.ttl > 0:
+            await asyncio.to_thread(round_)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        if stop.is_set():
-            return
-        await asyncio.to_thread(cache.refresh_due, session_factory, registry())
