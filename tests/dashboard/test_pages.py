@@ -288,3 +288,38 @@ def test_the_queue_shows_hot_leads_overdue_first(
     ]
     assert "Overdue" in rows[0] and 'class="overdue"' in rows[0]
     assert "Overdue" not in rows[1] and "Overdue" not in rows[2]
+
+
+def test_kpi_notes_are_in_the_pages_language() -> None:
+    """The reports service explains an unknown KPI in English; the Italian page in Italian."""
+    from leadscore_api.api.dashboard_i18n import kpi_note
+
+    assert kpi_note("3 of 7 leads handed over are not contacted yet", "it") == (
+        "3 dei 7 lead passati alle vendite non sono ancora stati contattati"
+    )
+    assert kpi_note("costs miss some of the period's months for: fiera, webinar", "it") == (
+        "mancano i costi di alcuni mesi del periodo per: fiera, webinar"
+    )
+    assert kpi_note("no lead arrived in the period", "en") == "no lead arrived in the period"
+    assert kpi_note("something new", "it") == "something new"
+
+
+def test_every_note_the_reports_service_writes_has_an_italian_text() -> None:
+    """Each literal note in service/reports.py matches one of the page's Italian patterns."""
+    import inspect
+    import re
+
+    from leadscore_api.api.dashboard_i18n import kpi_note
+    from leadscore_api.service import reports
+
+    source = inspect.getsource(reports)
+    notes = set(
+        re.findall(
+            r'"((?:no|none|the|costs|leads)[^"]*?(?:yet|period|lead|stages|stage|owner|months|ago|out: ))"',
+            source,
+        )
+    )
+    assert len(notes) >= 10, notes
+    for note in notes:
+        sample = re.sub(r"\{[^}]+\}", "7", note) + ("x" if note.endswith(": ") else "")
+        assert kpi_note(sample, "it") != sample, note

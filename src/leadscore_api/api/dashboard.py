@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from leadscore_api.api import dashboard_charts as charts
 from leadscore_api.api.dashboard_i18n import COOKIE as LANG_COOKIE
-from leadscore_api.api.dashboard_i18n import LANGS, Lang, Translator, choose
+from leadscore_api.api.dashboard_i18n import LANGS, Lang, Translator, choose, kpi_note
 from leadscore_api.api.deps import RegistryDep, SettingsDep
 from leadscore_api.errors import InvalidInput, LeadNotFound
 from leadscore_api.service import dashboard as service
@@ -93,6 +93,7 @@ def _flat_mapping(value: object) -> bool:
 
 _env.filters["num"] = _number
 _env.filters["when"] = _when
+_env.globals["kpi_note"] = kpi_note
 _env.tests["flat_mapping"] = _flat_mapping
 
 

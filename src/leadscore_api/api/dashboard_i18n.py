@@ -7,6 +7,7 @@ names a language the dashboard has.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 Lang = Literal["it", "en"]
@@ -152,3 +153,65 @@ class Translator:
             return "—"
         entry = ACTIONS.get(name)
         return entry[self.lang] if entry else name.replace("_", " ")
+
+
+#: The reports service's notes (why a KPI is unknown or partial) in Italian: English pattern →
+#: Italian text with the same groups. The API answers in English; only the page translates.
+_NOTES_IT: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(f"^{pattern}$"), italian)
+    for pattern, italian in (
+        (r"no lead arrived in the period", "nessun lead è arrivato nel periodo"),
+        (r"the model has no stage above lead", "il modello non ha stadi oltre «lead»"),
+        (
+            r"no lead of the period reached the MQL stage",
+            "nessun lead del periodo ha raggiunto lo stadio MQL",
+        ),
+        (r"the model has no MQL and SQL stages", "il modello non ha gli stadi MQL e SQL"),
+        (
+            r"the model has no hand-over stage",
+            "il modello non ha uno stadio di passaggio alle vendite",
+        ),
+        (
+            r"no lead of the period was handed over to sales",
+            "nessun lead del periodo è stato passato alle vendite",
+        ),
+        (
+            r"none of the (\d+) leads handed over has a lead\.contacted outcome yet",
+            r"nessuno dei \1 lead passati alle vendite ha ancora un esito lead.contacted",
+        ),
+        (
+            r"(\d+) of (\d+) leads handed over are not contacted yet",
+            r"\1 dei \2 lead passati alle vendite non sono ancora stati contattati",
+        ),
+        (
+            r"no lead was handed over to sales more than a day ago",
+            "nessun lead è stato passato alle vendite più di un giorno fa",
+        ),
+        (
+            r"costs are entered per source, not per owner",
+            "i costi si inseriscono per fonte, non per responsabile",
+        ),
+        (
+            r"no acquisition costs are entered for the period's months",
+            "nessun costo di acquisizione inserito per i mesi del periodo",
+        ),
+        (
+            r"costs miss some of the period's months for: (.+)",
+            r"mancano i costi di alcuni mesi del periodo per: \1",
+        ),
+        (
+            r"leads from sources without costs for every month are left out: (.+)",
+            r"esclusi i lead delle fonti senza costi per ogni mese: \1",
+        ),
+        (r"the sources with costs brought no lead", "le fonti con costi non hanno portato lead"),
+    )
+)
+
+
+def kpi_note(note: str, lang: Lang) -> str:
+    """A KPI's note in the page's language (an unknown note is shown as the service wrote it)."""
+    if lang == "it":
+        for pattern, italian in _NOTES_IT:
+            if pattern.match(note):
+                return pattern.sub(italian, note)
+    return note
