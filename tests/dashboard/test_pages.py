@@ -10,12 +10,13 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 from tests.conftest import TEST_ADMIN_KEY, MakeApiKey
 
 from leadscore_api.service import dashboard_sessions
 from leadscore_api.storage.base import utcnow
+from leadscore_api.storage.delivery_models import LeadTimer
 from leadscore_api.storage.models import Lead
 
 ORIGIN = {"Origin": "http://testserver"}
@@ -277,10 +278,17 @@ def test_the_queue_shows_hot_leads_overdue_first(
                 lead.next_action_due = now + timedelta(days=2)
             else:
                 lead.next_action_due = None
+        # The procedure's own deadlines (follow-ups, SLAs) count when no action has a due time:
+        # set aside here, and brought back below.
+        session.execute(delete(LeadTimer))
     assert sign_in(anon_client, TEST_ADMIN_KEY)[0] == 303
-    page = anon_client.get("/dashboard?lang=en").text
-    queue = page[page.index('id="queue"') : page.index("</table>", page.index('id="queue"'))]
-    rows = queue.split("<tr")[2:]
+
+    def queue_rows() -> list[str]:
+        page = anon_client.get("/dashboard?lang=en").text
+        queue = page[page.index('id="queue"') : page.index("</table>", page.index('id="queue"'))]
+        return queue.split("<tr")[2:]
+
+    rows = queue_rows()
     assert [row.split("@x.it")[0].rsplit(">", 1)[1] for row in rows] == [
         "overdue",
         "later",
@@ -288,6 +296,26 @@ def test_the_queue_shows_hot_leads_overdue_first(
     ]
     assert "Overdue" in rows[0] and 'class="overdue"' in rows[0]
     assert "Overdue" not in rows[1] and "Overdue" not in rows[2]
+
+    # A follow-up two hours overdue for the lead whose action has no due time: it comes first.
+    with session_factory() as session, session.begin():
+        undated = session.scalars(select(Lead).where(Lead.email == "undated@x.it")).one()
+        session.add(
+            LeadTimer(
+                lead_id=undated.id,
+                ruleset_name="pmi-letter-score",
+                kind="followup",
+                due_at=now - timedelta(hours=2),
+                detail={},
+            )
+        )
+    rows = queue_rows()
+    assert [row.split("@x.it")[0].rsplit(">", 1)[1] for row in rows] == [
+        "undated",
+        "overdue",
+        "later",
+    ]
+    assert "Overdue" in rows[0] and 'class="overdue"' in rows[0]
 
 
 def test_kpi_notes_are_in_the_pages_language() -> None:

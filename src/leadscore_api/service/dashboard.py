@@ -30,6 +30,8 @@ TIMELINE_LIMIT = 500
 @dataclass(frozen=True)
 class QueueItem:
     lead: Lead
+    #: The next action's due time, else the lead's next open deadline (follow-up, SLA).
+    due: datetime | None
     overdue: bool
 
 
@@ -71,10 +73,7 @@ def overview(
         limit=QUEUE_LIMIT,
     )
     queue = [
-        QueueItem(
-            lead=lead, overdue=lead.next_action_due is not None and lead.next_action_due < now
-        )
-        for lead in leads
+        QueueItem(lead=lead, due=due, overdue=due is not None and due < now) for lead, due in leads
     ]
     return Overview(report=report, queue=queue, hot_tier=tier, now=now, computed_at=computed_at)
 

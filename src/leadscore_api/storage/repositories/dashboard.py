@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from leadscore_api.storage.delivery_models import LeadTimer
 from leadscore_api.storage.models import Event, Lead, ScoreChange
 
 
@@ -19,18 +20,39 @@ def hot_leads(
     stage: str,
     owner: str | None = None,
     limit: int = 50,
-) -> list[Lead]:
-    """Leads in the hot tier or the SQL stage, the most pressing due time first (none last).
+) -> list[tuple[Lead, datetime | None]]:
+    """Leads in the hot tier or the SQL stage with their due time, the most pressing first.
 
-    Among leads due at the same time (or with no due time), the highest score comes first.
+    The due time is the next action's own (``next_action_due``) when the rules give one, else
+    the lead's next open deadline of the procedure: the earliest unfired timer (a follow-up, an
+    SLA) — with the matrix choosing the action, that is when someone must call. Leads with no
+    due time come last; among equal ones the highest score comes first.
     """
-    statement = select(Lead).where(or_(Lead.tier == tier, Lead.stage == stage))
+    deadlines = (
+        select(LeadTimer.lead_id, func.min(LeadTimer.due_at).label("due_at"))
+        .where(LeadTimer.fired_at.is_(None))
+        .group_by(LeadTimer.lead_id)
+        .subquery()
+    )
+    due = func.coalesce(Lead.next_action_due, deadlines.c.due_at)
+    statement = (
+        select(Lead, due.label("due"))
+        .outerjoin(deadlines, deadlines.c.lead_id == Lead.id)
+        .where(or_(Lead.tier == tier, Lead.stage == stage))
+    )
     if owner is not None:
         statement = statement.where(Lead.owner == owner)
-    statement = statement.order_by(
-        Lead.next_action_due.asc().nulls_last(), Lead.score.desc(), Lead.id
-    ).limit(limit)
-    return list(session.scalars(statement))
+    statement = statement.order_by(due.asc().nulls_last(), Lead.score.desc(), Lead.id).limit(limit)
+    return [(lead, _aware(when)) for lead, when in session.execute(statement)]
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """A due time as an aware UTC datetime (COALESCE hides the column type from SQLite)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
