@@ -8,19 +8,15 @@ final state must equal the state of the same events ingested one by one.
 from __future__ import annotations
 
 import random
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.pool import NullPool
+from tests.server import Server
 
 from leadscore_api.app import create_app
 from leadscore_api.config import Settings
@@ -43,34 +39,6 @@ TYPES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class _Server:
-    def __init__(self, app: FastAPI) -> None:
-        self.port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *_exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
 def _build_routes(base: str) -> None:
     """Have FastAPI finish building the app's routes before requests come from many threads.
 
@@ -86,7 +54,7 @@ def _build_routes(base: str) -> None:
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[list[str]]:
     upgrade_database(settings.database_url)
-    with _Server(create_app(settings)) as first, _Server(create_app(settings)) as second:
+    with Server(create_app(settings)) as first, Server(create_app(settings)) as second:
         for base in (first, second):
             _build_routes(base)
         yield [first, second]

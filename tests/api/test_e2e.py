@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.server import free_port
 
 from .helpers import BIG_MANUFACTURER, event, qualified_stream
 
 pytestmark = pytest.mark.e2e
 
 LEADSCORE = shutil.which("leadscore", path=str(Path(sys.executable).parent)) or "leadscore"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _env(database_url: str | None, **extra: str) -> dict[str, str]:
@@ -42,7 +35,7 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path, dict[
     # SQLite: the embedded default (./leadscore.db in the working directory).
     url = None if database_url.startswith("sqlite") else database_url
     env = _env(url)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     # The with block closes the output pipe (left open, it is a ResourceWarning).
     with subprocess.Popen(
@@ -139,7 +132,7 @@ def test_serve_refuses_invalid_rules(tmp_path: Path) -> None:
     rules.mkdir()
     (rules / "broken.yaml").write_text("ruleset: broken\nversion: one\ncomponents: 7\n")
     result = subprocess.run(
-        [LEADSCORE, "serve", "--port", str(_free_port())],
+        [LEADSCORE, "serve", "--port", str(free_port())],
         cwd=tmp_path,
         env=_env(f"sqlite:///{tmp_path / 'x.db'}"),
         capture_output=True,

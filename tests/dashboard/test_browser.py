@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import TEST_ADMIN_KEY
-from tests.dashboard.server import Server
+from tests.server import Server
 
 from leadscore_api.app import create_app
 from leadscore_api.config import Settings

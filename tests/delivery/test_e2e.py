@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook
 from tests.receiver import Receiver
+from tests.server import free_port
 
 from leadscore_api.storage.delivery_models import OutboxMessage
 
@@ -28,13 +28,6 @@ pytestmark = pytest.mark.e2e
 
 LEADSCORE = shutil.which("leadscore", path=str(Path(sys.executable).parent)) or "leadscore"
 ADMIN = {"Authorization": "Bearer e2e-admin"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _env(database_url: str, **extra: str) -> dict[str, str]:
@@ -96,9 +89,9 @@ def test_receiver_down_while_service_is_killed_gets_everything_after_restart(
     database_url: str, tmp_path: Path
 ) -> None:
     env = _env(database_url)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    receiver_port = _free_port()
+    receiver_port = free_port()
     receiver = Receiver(port=receiver_port)  # not started: the receiver is down
     serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
 
@@ -141,7 +134,7 @@ def test_receiver_down_while_service_is_killed_gets_everything_after_restart(
 
 
 def test_worker_command_delivers_alone(database_url: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve_env = _env(database_url, LEADSCORE_RUN_WORKER="false")
     with Receiver() as receiver:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import httpx
+from tests.server import free_port
 
 from .helpers import (
     INVALID,
@@ -21,13 +21,6 @@ from .helpers import (
 )
 
 KEY = "sighup-admin-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _active(base: str) -> int | None:
@@ -46,7 +39,7 @@ def test_sighup_reloads_the_rules_of_a_running_server(database_url: str, tmp_pat
     rules = tmp_path / "rules"
     rules.mkdir()
     path = write_rules(rules, version=1, visit=10)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = cli_env(database_url, rules, LEADSCORE_ADMIN_API_KEY=KEY, LEADSCORE_RUN_WORKER="false")
     process = subprocess.Popen(

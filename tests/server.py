@@ -1,4 +1,4 @@
-"""A real uvicorn server on 127.0.0.1 in a thread, for tests that need a browser to reach it."""
+"""A real uvicorn server on 127.0.0.1 in a thread, for tests that need real HTTP (browsers, threads)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import uvicorn
 from fastapi import FastAPI
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -21,7 +22,7 @@ class Server:
     """``with Server(app) as base_url:`` serves the app until the block ends."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
