@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,67 +20,42 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from tests.api.helpers import event
-from tests.conftest import TEST_ADMIN_KEY, make_settings
 from tests.lifecycle.helpers import (
     PRIMARY,
     TEMPLATE,
+    Replicas,
     active_version,
     cli_env,
     eventually,
     post_events,
+    two_replicas,
     visits,
     write_rules,
 )
 
-from leadscore_api.app import create_app
 from leadscore_api.cli import main
-from leadscore_api.config import Settings
 from leadscore_api.scoring.backtest_metrics import auc, band_of
 from leadscore_api.scoring.loader import load_ruleset_text
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.delivery_models import OutboxMessage
-from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import LeadScore, ScoreChange
 from leadscore_api.storage.repositories import leads as leads_repo
 
-REFRESH = 0.3
 CHALLENGER_KEY = f"{PRIMARY}@challenger"
-
-
-@dataclass
-class Replicas:
-    a: TestClient
-    b: TestClient
-    rules: Path
-    settings: Settings
-
-
-def _client(settings: Settings) -> TestClient:
-    return TestClient(
-        create_app(settings),
-        headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
-        raise_server_exceptions=False,
-    )
 
 
 @pytest.fixture
 def replicas(database_url: str, tmp_path: Path) -> Iterator[Replicas]:
     """v1 active, v2 stored (reloaded, then v1 activated again)."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    write_rules(rules, version=1, visit=10)
-    settings = make_settings(
-        database_url, rules_dir=rules, primary_ruleset=PRIMARY, ruleset_refresh_seconds=REFRESH
-    )
-    upgrade_database(database_url)
-    with _client(settings) as a, _client(settings) as b:
-        write_rules(rules, version=2, visit=20)
+    with two_replicas(database_url, tmp_path) as both:
+        a, b = both.a, both.b
+        write_rules(both.rules, version=2, visit=20)
         assert a.post("/v1/rulesets/reload").status_code == 200
         response = a.post(f"/v1/rulesets/{PRIMARY}/activate", params={"version": 1})
         assert response.status_code == 200, response.text
         eventually(lambda: active_version(b) == 1, what="replica b to serve v1")
-        yield Replicas(a, b, rules, settings)
+        yield both
 
 
 def _challenger_version(client: TestClient) -> int | None:

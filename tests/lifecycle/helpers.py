@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from tests.api.helpers import event
+from tests.conftest import TEST_ADMIN_KEY, make_settings
+
+from leadscore_api.app import create_app
+from leadscore_api.config import Settings
+from leadscore_api.storage.migrate import upgrade_database
 
 PRIMARY = "trial"
 
@@ -89,3 +96,40 @@ def cli_env(database_url: str, rules: Path, **extra: str) -> dict[str, str]:
 
 def leadscore_command() -> list[str]:
     return [str(Path(sys.executable).parent / "leadscore")]
+
+
+#: How often the replicas of these tests ask the database which versions are active.
+REFRESH = 0.3
+
+
+@dataclass
+class Replicas:
+    """Two apps on one database (two replicas), and the rules folder they load."""
+
+    a: TestClient
+    b: TestClient
+    rules: Path
+    settings: Settings
+
+
+def admin_client(settings: Settings) -> TestClient:
+    """A client of a new app (a replica) with the admin key; enter it to start the app."""
+    return TestClient(
+        create_app(settings),
+        headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
+        raise_server_exceptions=False,
+    )
+
+
+@contextmanager
+def two_replicas(database_url: str, folder: Path) -> Iterator[Replicas]:
+    """v1 of the trial ruleset in ``folder``/rules, served by two started replicas."""
+    rules = folder / "rules"
+    rules.mkdir()
+    write_rules(rules, version=1, visit=10)
+    settings = make_settings(
+        database_url, rules_dir=rules, primary_ruleset=PRIMARY, ruleset_refresh_seconds=REFRESH
+    )
+    upgrade_database(database_url)
+    with admin_client(settings) as a, admin_client(settings) as b:
+        yield Replicas(a, b, rules, settings)

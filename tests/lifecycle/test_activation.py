@@ -7,17 +7,14 @@ switch made through one is served by the other within ``LEADSCORE_RULESET_REFRES
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
+from tests.conftest import MakeApiKey, auth, make_settings
 
-from leadscore_api.app import create_app
 from leadscore_api.cli import main
-from leadscore_api.config import Settings
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.migrate import upgrade_database
 
@@ -25,44 +22,22 @@ from .helpers import (
     INVALID,
     INVALID_LINE,
     PRIMARY,
+    Replicas,
     active_version,
+    admin_client,
     cli_env,
     eventually,
     post_events,
+    two_replicas,
     visits,
     write_rules,
 )
 
-REFRESH = 0.3
-
-
-@dataclass
-class Replicas:
-    a: TestClient
-    b: TestClient
-    rules: Path
-    settings: Settings
-
-
-def _client(settings: Settings) -> TestClient:
-    return TestClient(
-        create_app(settings),
-        headers={"Authorization": f"Bearer {TEST_ADMIN_KEY}"},
-        raise_server_exceptions=False,
-    )
-
 
 @pytest.fixture
 def replicas(database_url: str, tmp_path: Path) -> Iterator[Replicas]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    write_rules(rules, version=1, visit=10)
-    settings = make_settings(
-        database_url, rules_dir=rules, primary_ruleset=PRIMARY, ruleset_refresh_seconds=REFRESH
-    )
-    upgrade_database(database_url)
-    with _client(settings) as a, _client(settings) as b:
-        yield Replicas(a, b, rules, settings)
+    with two_replicas(database_url, tmp_path) as both:
+        yield both
 
 
 def _live_version(client: TestClient) -> int:
@@ -213,7 +188,7 @@ def test_activation_with_rescore_rescores_every_lead_in_the_serving_process(
         job_poll_seconds=0.1,
     )
     upgrade_database(database_url)
-    with _client(settings) as client:
+    with admin_client(settings) as client:
         leads = {
             email: post_events(client, visits(email, count))[-1]
             for email, count in [("zero@x.it", 0), ("one@x.it", 1), ("three@x.it", 3)]
