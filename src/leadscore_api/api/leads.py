@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from leadscore_api.api.deps import (
@@ -161,15 +161,7 @@ class MergeRequest(BaseModel):
     other_lead_id: str = Field(min_length=1, max_length=40)
 
 
-@router.get(
-    "/v1/leads",
-    response_model=LeadList,
-    summary="Find or list leads",
-    responses=problem_responses(400, 401, 403, 422),
-)
-def list_leads(
-    _principal: LeadsReader,
-    session: ReadSessionDep,
+def lead_filters(
     email: Annotated[str | None, Query(max_length=320)] = None,
     external_id: Annotated[str | None, Query(max_length=200)] = None,
     tier: Annotated[str | None, Query(max_length=40)] = None,
@@ -178,11 +170,9 @@ def list_leads(
     min_score: Annotated[int | None, Query(ge=0, le=100)] = None,
     owner: Annotated[str | None, Query(max_length=200)] = None,
     updated_since: Annotated[AwareDatetime | None, Query()] = None,
-    cursor: Cursor = None,
-    limit: Limit = 50,
-) -> LeadList:
-    """Leads ordered by last update (oldest first), with an opaque cursor for the next page."""
-    filters = service.LeadFilters(
+) -> service.LeadFilters:
+    """The filters of ``GET /v1/leads`` (and of its export), as query parameters."""
+    return service.LeadFilters(
         email=email,
         external_id=external_id,
         tier=tier,
@@ -192,6 +182,25 @@ def list_leads(
         owner=owner,
         updated_since=updated_since,
     )
+
+
+LeadFiltersDep = Annotated[service.LeadFilters, Depends(lead_filters)]
+
+
+@router.get(
+    "/v1/leads",
+    response_model=LeadList,
+    summary="Find or list leads",
+    responses=problem_responses(400, 401, 403, 422),
+)
+def list_leads(
+    _principal: LeadsReader,
+    session: ReadSessionDep,
+    filters: LeadFiltersDep,
+    cursor: Cursor = None,
+    limit: Limit = 50,
+) -> LeadList:
+    """Leads ordered by last update (oldest first), with an opaque cursor for the next page."""
     leads, next_cursor = service.list_leads(session, filters, cursor, limit)
     return LeadList(items=[LeadOut.of(lead) for lead in leads], next_cursor=next_cursor)
 

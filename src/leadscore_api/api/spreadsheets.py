@@ -11,16 +11,16 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from leadscore_api.api.deps import LeadsReader, LeadsWriter, RegistryDep, SessionFactoryDep
+from leadscore_api.api.leads import LeadFiltersDep
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.service import lead_export, lead_import
-from leadscore_api.storage.repositories.leads import LeadFilters
 
 router = APIRouter(tags=["spreadsheets"])
 
@@ -134,29 +134,6 @@ def upload_name(upload: UploadFile) -> str:
     return Path(upload.filename or "upload").name[:200]
 
 
-def export_filters(
-    email: Annotated[str | None, Query(max_length=320)] = None,
-    external_id: Annotated[str | None, Query(max_length=200)] = None,
-    tier: Annotated[str | None, Query(max_length=40)] = None,
-    stage: Annotated[str | None, Query(max_length=40)] = None,
-    letter: Annotated[str | None, Query(max_length=8)] = None,
-    min_score: Annotated[int | None, Query(ge=0, le=100)] = None,
-    owner: Annotated[str | None, Query(max_length=200)] = None,
-    updated_since: Annotated[AwareDatetime | None, Query()] = None,
-) -> LeadFilters:
-    """The filters of ``GET /v1/leads``, with the same names and limits."""
-    return LeadFilters(
-        email=email,
-        external_id=external_id,
-        tier=tier,
-        stage=stage,
-        letter=letter,
-        min_score=min_score,
-        owner=owner,
-        updated_since=updated_since,
-    )
-
-
 @router.get(
     "/v1/leads/export",
     summary="Scored leads as a CSV or XLSX file (the filters of the list)",
@@ -176,7 +153,7 @@ def export_filters(
 def export_leads(
     _principal: LeadsReader,
     request: Request,
-    filters: Annotated[LeadFilters, Depends(export_filters)],
+    filters: LeadFiltersDep,
     format: Annotated[Literal["csv", "xlsx"], Query(description="csv or xlsx.")] = "csv",
 ) -> StreamingResponse | FileResponse:
     """Letter, score, tier, stage, owner, next action and due time, then the attributes.
