@@ -33,10 +33,16 @@ T = TypeVar("T")
 NOTIFY_URL = "https://scores.example.com/v1/crm/pipedrive/notifications"
 
 
-@pytest.fixture
-def pd() -> Iterator[PipedriveStandIn]:
+@pytest.fixture(scope="module")
+def served() -> Iterator[PipedriveStandIn]:
     with running() as stand_in:
         yield stand_in
+
+
+@pytest.fixture
+def pd(served: PipedriveStandIn) -> PipedriveStandIn:
+    served.reset()
+    return served
 
 
 def run(
@@ -218,12 +224,23 @@ def test_field_keys_are_paged_once_and_cached_for_their_ttl(pd: PipedriveStandIn
     assert pd.log.lines() == ["GET /api/v2/personFields", f"PATCH /api/v2/persons/{person_id}"]
 
 
-def test_a_field_missing_in_pipedrive_is_a_permanent_error_naming_setup() -> None:
-    with running(with_fields=False) as pd, pytest.raises(CrmError) as caught:
+def test_a_field_missing_in_pipedrive_is_a_permanent_error_naming_setup(
+    pd: PipedriveStandIn,
+) -> None:
+    pd.reset(with_fields=False)
+    with pytest.raises(CrmError) as caught:
         run(pd, lambda c: c.push([lead()], {}))
     assert caught.value.permanent
     assert "'Leadscore letter'" in str(caught.value)
     assert "leadscore crm setup pipedrive" in str(caught.value)
+
+
+def test_a_field_map_entry_for_no_field_of_ours_is_a_permanent_error(pd: PipedriveStandIn) -> None:
+    config = pd.connector_config(field_map={"letter": "Leadscore letter", "mood": "Mood"})
+    with pytest.raises(CrmError) as caught:
+        run(pd, lambda c: c.push([lead()], {}), config=config)
+    assert caught.value.permanent and "mood" in str(caught.value)
+    assert pd.log.lines() == []
 
 
 def test_a_field_map_may_give_field_keys_instead_of_names(pd: PipedriveStandIn) -> None:
@@ -265,15 +282,17 @@ def test_searches_over_ten_in_two_seconds_are_rate_limited(pd: PipedriveStandIn)
     assert len([c for c in pd.log.calls if c.path == "/api/v2/persons/search"]) == 11
 
 
-def test_a_spent_daily_budget_waits_until_the_next_utc_day_without_calling_again() -> None:
+def test_a_spent_daily_budget_waits_until_the_next_utc_day_without_calling_again(
+    pd: PipedriveStandIn,
+) -> None:
     tokens = MemoryTokenCache()
-    with running(daily_budget=2) as pd:
-        person_id = pd.add_person("anna.rossi@metalpro.it")
-        known = {"lead-1": RecordRef("person", str(person_id))}
-        run(pd, lambda c: c.push([lead()], known), tokens=tokens)  # spends both
-        with pytest.raises(CrmRateLimited) as caught:
-            run(pd, lambda c: c.push([lead()], known), tokens=tokens)
-        calls = len(pd.log.calls)
+    pd.reset(daily_budget=2)
+    person_id = pd.add_person("anna.rossi@metalpro.it")
+    known = {"lead-1": RecordRef("person", str(person_id))}
+    run(pd, lambda c: c.push([lead()], known), tokens=tokens)  # spends both
+    with pytest.raises(CrmRateLimited) as caught:
+        run(pd, lambda c: c.push([lead()], known), tokens=tokens)
+    calls = len(pd.log.calls)
 
     now = datetime.now(UTC)
     midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -558,48 +577,50 @@ def test_pull_pages_through_recent_deals_and_done_activities(pd: PipedriveStandI
 # -- setup -------------------------------------------------------------------------------------
 
 
-def test_setup_creates_missing_fields_and_webhooks_and_reports_what_exists() -> None:
-    with running(with_fields=False) as pd:
-        pd.add_field("Leadscore letter", "varchar")
-        options = {"notify_url": NOTIFY_URL, "accepted_label_ids": [5]}
-        config = pd.connector_config(options=options)
-        tokens = MemoryTokenCache()
+def test_setup_creates_missing_fields_and_webhooks_and_reports_what_exists(
+    pd: PipedriveStandIn,
+) -> None:
+    pd.reset(with_fields=False)
+    pd.add_field("Leadscore letter", "varchar")
+    options = {"notify_url": NOTIFY_URL, "accepted_label_ids": [5]}
+    config = pd.connector_config(options=options)
+    tokens = MemoryTokenCache()
 
-        first = run(pd, lambda c: c.setup(), config=config, tokens=tokens)
+    first = run(pd, lambda c: c.setup(), config=config, tokens=tokens)
 
-        assert first.existing == ["Leadscore letter"]
-        assert "Leadscore score" in first.created and len(first.created) == 7 + 3
-        created_fields = [c.body for c in pd.log.calls if c.line == "POST /api/v2/personFields"]
-        assert {"field_name": "Leadscore score", "field_type": "double"} in created_fields
-        assert {"field_name": "Leadscore tier", "field_type": "varchar"} in created_fields
-        hooks = [c.body for c in pd.log.calls if c.line == "POST /api/v1/webhooks"]
-        assert {(h["event_object"], h["event_action"]) for h in hooks} == {
-            ("deal", "*"),
-            ("activity", "*"),
-            ("person", "change"),
-        }
-        assert all(
-            h["version"] == "2.0"
-            and h["http_auth_user"] == "leadscore"
-            and h["subscription_url"] == NOTIFY_URL
-            for h in hooks
-        )
-        assert any("Personal preferences → API" in step for step in first.manual_steps)
-        assert any("regenerating" in step for step in first.manual_steps)
+    assert first.existing == ["Leadscore letter"]
+    assert "Leadscore score" in first.created and len(first.created) == 7 + 3
+    created_fields = [c.body for c in pd.log.calls if c.line == "POST /api/v2/personFields"]
+    assert {"field_name": "Leadscore score", "field_type": "double"} in created_fields
+    assert {"field_name": "Leadscore tier", "field_type": "varchar"} in created_fields
+    hooks = [c.body for c in pd.log.calls if c.line == "POST /api/v1/webhooks"]
+    assert {(h["event_object"], h["event_action"]) for h in hooks} == {
+        ("deal", "*"),
+        ("activity", "*"),
+        ("person", "change"),
+    }
+    assert all(
+        h["version"] == "2.0"
+        and h["http_auth_user"] == "leadscore"
+        and h["subscription_url"] == NOTIFY_URL
+        for h in hooks
+    )
+    assert any("Personal preferences → API" in step for step in first.manual_steps)
+    assert any("regenerating" in step for step in first.manual_steps)
 
-        # The new keys are cached: a push right after setup lists no fields.
-        pd.log.clear()
-        run(pd, lambda c: c.push([lead()], {}), config=config, tokens=tokens)
-        assert "GET /api/v2/personFields" not in pd.log.lines()
+    # The new keys are cached: a push right after setup lists no fields.
+    pd.log.clear()
+    run(pd, lambda c: c.push([lead()], {}), config=config, tokens=tokens)
+    assert "GET /api/v2/personFields" not in pd.log.lines()
 
-        second = run(pd, lambda c: c.setup(), config=config)
-        assert second.created == []
-        assert len(second.existing) == 8 + 3
+    second = run(pd, lambda c: c.setup(), config=config)
+    assert second.created == []
+    assert len(second.existing) == 8 + 3
 
-        # The webhook setup made sends notifications the connector accepts.
-        sent = inbound(pd.outcome_notification("anna.rossi@metalpro.it", "deal.won", NOTIFY_URL))
-        connector = PipedriveConnector(config, httpx.AsyncClient(), tokens)
-        connector.verify_notification(sent, datetime.now(UTC))
+    # The webhook setup made sends notifications the connector accepts.
+    sent = inbound(pd.outcome_notification("anna.rossi@metalpro.it", "deal.won", NOTIFY_URL))
+    connector = PipedriveConnector(config, httpx.AsyncClient(), tokens)
+    connector.verify_notification(sent, datetime.now(UTC))
 
 
 def test_setup_without_a_notify_url_says_how_to_add_the_webhooks(pd: PipedriveStandIn) -> None:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import httpx
 
 from leadscore_api.crm.base import (
+    SYNCED_FIELDS,
     Connector,
     CrmError,
     CrmRateLimited,
@@ -320,6 +321,11 @@ class PipedriveConnector(Connector):
         return None
 
     async def _resolved_fields(self) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(self.field_map) - set(SYNCED_FIELDS))
+        if unknown:
+            raise CrmError(
+                f"field_map names no field of ours: {', '.join(unknown)}", permanent=True
+            )
         fields = await self._person_fields()
         resolved = {ours: self._match(fields, theirs) for ours, theirs in self.field_map.items()}
         if any(item is None for item in resolved.values()):

@@ -112,9 +112,15 @@ def _code(name: str, serial: int) -> str:
 
 class PipedriveStandIn:
     def __init__(self, **options: Any) -> None:
+        self.base_url = ""
+        self.reset(**options)
+        self.app = self._build()
+
+    def reset(self, **options: Any) -> None:
+        """Forget every record and call, as a fresh account (lets one served stand-in serve
+        many tests: starting uvicorn per test would cost more than the tests)."""
         self.options = options
         self.log = CallLog()
-        self.base_url = ""
         self.page_size_cap = int(options.get("page_size_cap", 500))
         self.daily_left = int(options.get("daily_budget", 100_000))
         self.token_ttl = int(options.get("token_ttl", 3599))
@@ -141,7 +147,6 @@ class PipedriveStandIn:
         if options.get("with_fields", True):
             for ours, name in PipedriveConnector.default_field_map.items():
                 self.add_field(name, "double" if ours == "score" else "varchar")
-        self.app = self._build()
 
     # -- the interface the tests use ---------------------------------------------------------
 
