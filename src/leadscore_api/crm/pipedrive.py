@@ -194,8 +194,9 @@ class PipedriveConnector(Connector):
                 values["daily_exhausted_until"] = now.timestamp() + _seconds_to_next_utc_day(now)
             else:
                 values["daily_exhausted_until"] = 0.0
-        if values:
-            self.tokens.put(values)
+        cached = self.tokens.get()
+        if any(cached.get(key) != value for key, value in values.items()):
+            self.tokens.put(values)  # the cache may be a database row: write only on change
 
     async def _call(
         self,
