@@ -385,6 +385,15 @@ def test_an_expired_oauth_token_is_refreshed_before_the_call(pd: PipedriveStandI
     assert pd.log.calls[1].headers["authorization"] == "Bearer access-2"
 
 
+def test_a_refused_refresh_token_is_a_permanent_error(pd: PipedriveStandIn) -> None:
+    credentials = {**pd.oauth_credentials(), "refresh_token": "revoked-by-the-user"}
+    config = pd.connector_config(credentials=credentials)
+    with pytest.raises(CrmError) as caught:
+        run(pd, lambda c: c.push([lead()], {}), config=config)
+    assert (caught.value.status, caught.value.permanent) == (400, True)
+    assert pd.log.lines() == ["POST /oauth/token"]
+
+
 # -- hand-over, erase, merge -------------------------------------------------------------------
 
 
@@ -453,6 +462,12 @@ def test_merge_folds_the_merged_person_into_the_survivor(pd: PipedriveStandIn) -
     assert pd.log.calls[0].body == {"merge_with_id": survivor}
     assert merged not in pd.persons
     assert pd.person("a.rossi@gmail.com") is not None  # its email now on the survivor
+
+    again = run(
+        pd,
+        lambda c: c.merge(RecordRef("person", str(survivor)), RecordRef("person", str(merged))),
+    )
+    assert again == RecordRef("person", str(survivor))  # already merged: nothing to do
 
 
 # -- outcomes in -------------------------------------------------------------------------------
