@@ -154,19 +154,26 @@ def test_stored_record_id_is_updated_by_id_without_a_search(zoho: ZohoStandIn) -
     assert (record["Leadscore_Letter"], record["Leadscore_Owner"]) == ("A", "anna")
 
 
-def test_a_record_deleted_in_zoho_is_found_again_by_email(zoho: ZohoStandIn) -> None:
-    known = {"L1": RecordRef("Leads", "4876876000000000042")}
+def test_a_record_deleted_in_zoho_is_not_created_again(zoho: ZohoStandIn) -> None:
+    known = {
+        "L1": RecordRef("Leads", "4876876000000000042"),
+        "L2": RecordRef("Leads", "4876876000000000043"),
+    }
+    # Someone made a new record for L2's person meanwhile: that one is updated.
+    again = zoho.add_record("Leads", Email="marco@ferro.it", Last_Name="Ferro")
 
-    refs = run(zoho, lambda c: c.push([lead("L1")], known))
+    refs = run(zoho, lambda c: c.push([lead("L1"), lead("L2", "marco@ferro.it")], known))
 
     assert api_lines(zoho)[1:] == [
         "PUT /crm/v8/Leads",
-        "POST /crm/v8/Leads/upsert",
-        "POST /crm/v8/Leads",
+        "GET /crm/v8/Leads/search",
+        "GET /crm/v8/Leads/search",
+        "PUT /crm/v8/Leads",
     ]
-    person = zoho.person("anna.rossi@metalpro.it")
-    assert person is not None
-    assert refs == {"L1": RecordRef("Leads", person["id"])}
+    assert refs == {"L2": RecordRef("Leads", again)}
+    assert zoho.person("anna.rossi@metalpro.it") is None
+    marco = zoho.person("marco@ferro.it")
+    assert marco is not None and marco["Leadscore_Lead_Id"] == "L2"
 
 
 def test_without_create_missing_only_found_records_are_updated(zoho: ZohoStandIn) -> None:

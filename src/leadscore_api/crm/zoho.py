@@ -339,29 +339,38 @@ class ZohoConnector(Connector):
             raise CrmError(f"at most {self.max_batch} leads per push", permanent=True)
         module = self.module
         written: dict[str, RecordRef] = {}
-        by_id = [lead for lead in leads if lead.lead_id in known]
-        rest = [lead for lead in leads if lead.lead_id not in known and lead.email]
+        new = [lead for lead in leads if lead.lead_id not in known and lead.email]
+        gone: list[LeadSnapshot] = []
 
-        # 1. Records we stored: update by id, no search. A record deleted in Zoho meanwhile
-        #    answers INVALID_DATA on `id`; that lead is then looked up by email like a new one.
-        if by_id:
+        # 1. Records we stored: update by id, no search (one call per module they are in).
+        for object_type in sorted(
+            {known[lead.lead_id].object_type for lead in leads if lead.lead_id in known}
+        ):
+            by_id = [
+                lead
+                for lead in leads
+                if lead.lead_id in known and known[lead.lead_id].object_type == object_type
+            ]
             data = [{"id": known[lead.lead_id].record_id, **self._fields(lead)} for lead in by_id]
-            results = await self._write("PUT", f"/{known[by_id[0].lead_id].object_type}", data)
+            results = await self._write("PUT", f"/{object_type}", data)
             for lead, result in zip(by_id, results, strict=True):
                 if result.get("status") == "success":
                     written[lead.lead_id] = known[lead.lead_id]
                 elif self._is_bad_id(result):
+                    # Deleted (or converted) in Zoho meanwhile: someone there removed it, so it
+                    # is not created again; a record with the same email is updated, if any.
                     if lead.email:
-                        rest.append(lead)
+                        gone.append(lead)
                 else:
                     raise self._record_error(result, lead)
 
-        if not rest:
-            return written
-        if self.config.create_missing:
-            await self._upsert(module, rest, written)
-        else:
-            await self._update_found(module, rest, written)
+        # 2. The others, by email: upserted, or only updated when found.
+        if new and self.config.create_missing:
+            await self._upsert(module, new, written)
+        elif new:
+            gone = new + gone
+        if gone:
+            await self._update_found(module, gone, written)
         return written
 
     async def _upsert(
