@@ -557,13 +557,21 @@ def test_setup_creates_the_fields_and_the_channel_then_finds_them() -> None:
         assert zoho.fields["Leads"]["Leadscore_Next_Action_Due"]["data_type"] == "datetime"
         [watch] = zoho.log.calls[-1].body["watch"]
         assert watch["events"] == ["Deals.all", "Leads.edit"]
+        assert [c["module"]["api_name"] for c in watch["notification_condition"]] == [
+            "Deals",
+            "Leads",
+        ]
         assert (watch["token"], watch["notify_url"]) == (NOTIFICATION_TOKEN, NOTIFY_URL)
         assert zoho.channels[CHANNEL_ID]["token"] == NOTIFICATION_TOKEN
 
         zoho.log.clear()
-        again = run(zoho, lambda c: c.setup())
+        options = {**zoho.connector_config().options, "notification_condition": "false"}
+        again = run(zoho, lambda c: c.setup(), options=options)
         assert again.existing == list(fields)
         assert [c for c in zoho.log.calls if c.method == "POST" and "fields" in c.path] == []
+        # Turned off (e.g. `--option notification_condition=false`): every change is notified.
+        [watch] = zoho.log.calls[-1].body["watch"]
+        assert "notification_condition" not in watch
 
 
 def test_setup_without_the_scope_to_create_fields_says_what_to_click() -> None:

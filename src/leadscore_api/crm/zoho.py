@@ -747,7 +747,9 @@ class ZohoConnector(Connector):
             "token": token,
             "channel_expiry": zoho_datetime(expiry),
         }
-        if self.config.options.get("notification_condition", True):
+        condition = self.config.options.get("notification_condition", True)
+        # From the command line (--option key=value) the value is a string.
+        if str(condition).strip().lower() not in ("false", "0", "no", "off"):
             watch["notification_condition"] = conditions
         return {"watch": [watch]}
 
