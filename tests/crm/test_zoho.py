@@ -33,10 +33,16 @@ NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 NOTIFY_URL = "https://leadscore.example/v1/crm/zoho/notifications"
 
 
-@pytest.fixture
-def zoho() -> Iterator[ZohoStandIn]:
+@pytest.fixture(scope="module")
+def served() -> Iterator[ZohoStandIn]:
     with running() as stand_in:
         yield stand_in
+
+
+@pytest.fixture
+def zoho(served: ZohoStandIn) -> ZohoStandIn:
+    served.reset()
+    return served
 
 
 def run(
@@ -463,57 +469,55 @@ def test_deal_and_lead_notifications_become_outcomes(zoho: ZohoStandIn) -> None:
     assert tokens.get()["deal_stages"]["Signed"] == "Closed Won"
 
 
-def test_pull_changes_pages_through_deals_and_leads_and_moves_the_cursor() -> None:
+def test_pull_changes_pages_through_deals_and_leads_and_moves_the_cursor(zoho: ZohoStandIn) -> None:
     since = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    with running(page_size=2, page_token_after=4) as zoho:
-        anna = zoho.add_record("Contacts", Email="anna@x.it", Last_Name="A")
-        old = (since - timedelta(days=3)).isoformat()
-        for i in range(5):
-            modified = (since + timedelta(minutes=i + 1)).isoformat()
-            zoho.add_record(
-                "Deals",
-                Deal_Name=f"D{i}",
-                Stage="Closed Won" if i == 4 else "Needs Analysis",
-                Contact_Name={"id": anna, "name": "A"},
-                Created_Time=old if i < 4 else modified,
-                Modified_Time=modified,
-            )
+    zoho.reset(page_size=2, page_token_after=4)
+    anna = zoho.add_record("Contacts", Email="anna@x.it", Last_Name="A")
+    old = (since - timedelta(days=3)).isoformat()
+    for i in range(5):
+        modified = (since + timedelta(minutes=i + 1)).isoformat()
         zoho.add_record(
-            "Leads",
-            Email="marco@x.it",
-            Last_Name="M",
-            Lead_Status="Contacted",
-            Modified_Time=(since + timedelta(minutes=10)).isoformat(),
+            "Deals",
+            Deal_Name=f"D{i}",
+            Stage="Closed Won" if i == 4 else "Needs Analysis",
+            Contact_Name={"id": anna, "name": "A"},
+            Created_Time=old if i < 4 else modified,
+            Modified_Time=modified,
         )
-        zoho.add_record(
-            "Leads", Email="old@x.it", Last_Name="O", Lead_Status="Contacted", Modified_Time=old
-        )
+    zoho.add_record(
+        "Leads",
+        Email="marco@x.it",
+        Last_Name="M",
+        Lead_Status="Contacted",
+        Modified_Time=(since + timedelta(minutes=10)).isoformat(),
+    )
+    zoho.add_record(
+        "Leads", Email="old@x.it", Last_Name="O", Lead_Status="Contacted", Modified_Time=old
+    )
 
-        outcomes, cursor = run(zoho, lambda c: c.pull_changes(since))
+    outcomes, cursor = run(zoho, lambda c: c.pull_changes(since))
 
-        deal_calls = [c for c in zoho.log.calls if c.path == "/crm/v8/Deals"]
-        assert [(c.query.get("page"), c.query.get("page_token")) for c in deal_calls] == [
-            ("1", None),
-            ("2", None),
-            (None, deal_calls[2].query.get("page_token")),
-        ]
-        assert deal_calls[2].query["page_token"]
-        assert deal_calls[0].query["sort_by"] == "Modified_Time"
-        assert (
-            deal_calls[0].headers["if-modified-since"] == (since - timedelta(seconds=1)).isoformat()
-        )
-        assert sorted((o.type, o.email) for o in outcomes) == [
-            ("deal.won", "anna@x.it"),
-            ("lead.contacted", "marco@x.it"),
-            ("opportunity.created", "anna@x.it"),
-        ]
-        assert cursor == since + timedelta(minutes=10)
+    deal_calls = [c for c in zoho.log.calls if c.path == "/crm/v8/Deals"]
+    assert [(c.query.get("page"), c.query.get("page_token")) for c in deal_calls] == [
+        ("1", None),
+        ("2", None),
+        (None, deal_calls[2].query.get("page_token")),
+    ]
+    assert deal_calls[2].query["page_token"]
+    assert deal_calls[0].query["sort_by"] == "Modified_Time"
+    assert deal_calls[0].headers["if-modified-since"] == (since - timedelta(seconds=1)).isoformat()
+    assert sorted((o.type, o.email) for o in outcomes) == [
+        ("deal.won", "anna@x.it"),
+        ("lead.contacted", "marco@x.it"),
+        ("opportunity.created", "anna@x.it"),
+    ]
+    assert cursor == since + timedelta(minutes=10)
 
-        # Nothing changed since the cursor: Zoho answers 304, no outcomes, the cursor stays.
-        zoho.log.clear()
-        again, cursor2 = run(zoho, lambda c: c.pull_changes(cursor + timedelta(seconds=2)))
-        assert again == [] and cursor2 == cursor + timedelta(seconds=2)
-        assert "GET /crm/v8/Deals" in api_lines(zoho)
+    # Nothing changed since the cursor: Zoho answers 304, no outcomes, the cursor stays.
+    zoho.log.clear()
+    again, cursor2 = run(zoho, lambda c: c.pull_changes(cursor + timedelta(seconds=2)))
+    assert again == [] and cursor2 == cursor + timedelta(seconds=2)
+    assert "GET /crm/v8/Deals" in api_lines(zoho)
 
 
 def test_pull_renews_a_channel_close_to_its_expiry(zoho: ZohoStandIn) -> None:
@@ -541,42 +545,42 @@ def test_pull_renews_a_channel_close_to_its_expiry(zoho: ZohoStandIn) -> None:
 # ----------------------------------------------------------------------------------- setup
 
 
-def test_setup_creates_the_fields_and_the_channel_then_finds_them() -> None:
-    with running(custom_fields=False) as zoho:
-        report = run(zoho, lambda c: c.setup())
+def test_setup_creates_the_fields_and_the_channel_then_finds_them(zoho: ZohoStandIn) -> None:
+    zoho.reset(custom_fields=False)
+    report = run(zoho, lambda c: c.setup())
 
-        fields = ZohoConnector.default_field_map.values()
-        assert report.created[:8] == list(fields)
-        assert report.created[8].startswith(f"notification channel {CHANNEL_ID}")
-        assert report.existing == []
-        assert any("ZohoCRM.settings.fields.ALL" in step for step in report.manual_steps)
-        creates = [
-            c.body["fields"][0] for c in zoho.log.calls if c.method == "POST" and "fields" in c.path
-        ]
-        assert creates[1] == {"field_label": "Leadscore Score", "data_type": "integer", "length": 9}
-        assert zoho.fields["Leads"]["Leadscore_Next_Action_Due"]["data_type"] == "datetime"
-        [watch] = zoho.log.calls[-1].body["watch"]
-        assert watch["events"] == ["Deals.all", "Leads.edit"]
-        assert [c["module"]["api_name"] for c in watch["notification_condition"]] == [
-            "Deals",
-            "Leads",
-        ]
-        assert (watch["token"], watch["notify_url"]) == (NOTIFICATION_TOKEN, NOTIFY_URL)
-        assert zoho.channels[CHANNEL_ID]["token"] == NOTIFICATION_TOKEN
+    fields = ZohoConnector.default_field_map.values()
+    assert report.created[:8] == list(fields)
+    assert report.created[8].startswith(f"notification channel {CHANNEL_ID}")
+    assert report.existing == []
+    assert any("ZohoCRM.settings.fields.ALL" in step for step in report.manual_steps)
+    creates = [
+        c.body["fields"][0] for c in zoho.log.calls if c.method == "POST" and "fields" in c.path
+    ]
+    assert creates[1] == {"field_label": "Leadscore Score", "data_type": "integer", "length": 9}
+    assert zoho.fields["Leads"]["Leadscore_Next_Action_Due"]["data_type"] == "datetime"
+    [watch] = zoho.log.calls[-1].body["watch"]
+    assert watch["events"] == ["Deals.all", "Leads.edit"]
+    assert [c["module"]["api_name"] for c in watch["notification_condition"]] == [
+        "Deals",
+        "Leads",
+    ]
+    assert (watch["token"], watch["notify_url"]) == (NOTIFICATION_TOKEN, NOTIFY_URL)
+    assert zoho.channels[CHANNEL_ID]["token"] == NOTIFICATION_TOKEN
 
-        zoho.log.clear()
-        options = {**zoho.connector_config().options, "notification_condition": "false"}
-        again = run(zoho, lambda c: c.setup(), options=options)
-        assert again.existing == list(fields)
-        assert [c for c in zoho.log.calls if c.method == "POST" and "fields" in c.path] == []
-        # Turned off (e.g. `--option notification_condition=false`): every change is notified.
-        [watch] = zoho.log.calls[-1].body["watch"]
-        assert "notification_condition" not in watch
+    zoho.log.clear()
+    options = {**zoho.connector_config().options, "notification_condition": "false"}
+    again = run(zoho, lambda c: c.setup(), options=options)
+    assert again.existing == list(fields)
+    assert [c for c in zoho.log.calls if c.method == "POST" and "fields" in c.path] == []
+    # Turned off (e.g. `--option notification_condition=false`): every change is notified.
+    [watch] = zoho.log.calls[-1].body["watch"]
+    assert "notification_condition" not in watch
 
 
-def test_setup_without_the_scope_to_create_fields_says_what_to_click() -> None:
-    with running(custom_fields=False, can_create_fields=False) as zoho:
-        report = run(zoho, lambda c: c.setup(), options={"module": "Leads"})
+def test_setup_without_the_scope_to_create_fields_says_what_to_click(zoho: ZohoStandIn) -> None:
+    zoho.reset(custom_fields=False, can_create_fields=False)
+    report = run(zoho, lambda c: c.setup(), options={"module": "Leads"})
 
     assert report.created == []
     assert len(report.manual_steps) >= 8

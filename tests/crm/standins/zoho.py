@@ -115,7 +115,14 @@ def _record_error(code: str, message: str, **details: Any) -> dict[str, Any]:
 
 
 class ZohoStandIn:
-    def __init__(
+    def __init__(self, **options: Any) -> None:
+        self.log = CallLog()
+        self.base_url = ""
+        self.api_domain = ""
+        self.reset(**options)
+        self.app = self._build_app()
+
+    def reset(
         self,
         *,
         module: str = "Leads",
@@ -124,9 +131,9 @@ class ZohoStandIn:
         page_size: int = 200,
         page_token_after: int = 2000,
     ) -> None:
-        self.log = CallLog()
-        self.base_url = ""
-        self.api_domain = ""
+        """Forget every record, token, channel and call: a fresh account, on the same server
+        (tests share one served stand-in, as starting uvicorn costs more than a test)."""
+        self.log.clear()
         self.module = module
         self.can_create_fields = can_create_fields
         self.page_size = page_size
@@ -149,7 +156,6 @@ class ZohoStandIn:
         self.channels: dict[str, dict[str, Any]] = {}
         self._failures: list[tuple[int, dict[str, Any]]] = []
         self._page_tokens: dict[str, int] = {}
-        self.app = self._build_app()
 
     # ---------------------------------------------------------------- what tests read and do
 
