@@ -434,6 +434,9 @@ def test_deal_and_lead_notifications_become_outcomes(zoho: ZohoStandIn) -> None:
             out[outcome] = await parse(c, made)
         made = zoho.outcome_notification("marco@ferro.it", "deal.lost", NOTIFY_URL)
         out["deal.lost"] = await parse(c, made)
+        # A person we never wrote (a contact entered by hand in Zoho): still an outcome, by email.
+        made = zoho.outcome_notification("stranger@else.it", "deal.won", NOTIFY_URL)
+        out["stranger"] = await parse(c, made)
         deal = next(iter(zoho.records["Deals"].values()))
         deal["Stage"] = "Signed"
         out["signed"] = await parse(c, zoho.notification("Deals", "update", deal["id"], ["Stage"]))
@@ -462,6 +465,7 @@ def test_deal_and_lead_notifications_become_outcomes(zoho: ZohoStandIn) -> None:
     assert won.dedup_key == f"Deals:{won.properties['deal_id']}:deal.won"
     [lost] = out["deal.lost"]
     assert (lost.type, lost.email) == ("deal.lost", "marco@ferro.it")
+    assert [(o.type, o.email) for o in out["stranger"]] == [("deal.won", "stranger@else.it")]
     assert [o.type for o in out["signed"]] == ["deal.won"]
     assert out["open"] == []
     # The stage metadata was read once and then taken from the cache.

@@ -222,8 +222,8 @@ class ZohoStandIn:
         person's contact, converting the lead first) and return Zoho's callback for it."""
         if outcome in ("lead.contacted", "lead.accepted"):
             lead = self.find("Leads", email)
-            if lead is None:
-                raise ValueError(f"no lead with {email}")
+            if lead is None:  # a person entered in Zoho by hand
+                lead = self.records["Leads"][self.add_record("Leads", Email=email, Last_Name=email)]
             lead["Lead_Status"] = "Contacted" if outcome == "lead.contacted" else "Pre-Qualified"
             lead["Modified_Time"] = _now()
             return self.notification("Leads", "update", lead["id"], ["Lead_Status"])
@@ -279,8 +279,8 @@ class ZohoStandIn:
         if contact is not None:
             return str(contact["id"])
         lead = self.find("Leads", email)
-        if lead is None:
-            raise ValueError(f"no lead or contact with {email}")
+        if lead is None:  # a contact entered in Zoho by hand, never scored by us
+            return self.add_record("Contacts", Email=email, Last_Name=email.split("@")[0])
         # Converting the lead: Zoho copies its person fields into a new Contact.
         copied = {k: lead[k] for k in ("Email", "First_Name", "Last_Name", "Phone") if k in lead}
         contact_id = self.add_record("Contacts", **copied)
