@@ -295,12 +295,7 @@ class HubSpotConnector(Connector):
         if policy.upper() == "DAILY":
             return seconds_until_midnight(now, self.time_zone)
         waited = _retry_after(response.headers.get("retry-after"), now)
-        if waited is not None:
-            return waited
-        interval = response.headers.get("x-hubspot-ratelimit-interval-milliseconds")
-        if interval and interval.isdigit():
-            return int(interval) / 1000
-        return SECONDLY_RETRY_SECONDS
+        return SECONDLY_RETRY_SECONDS if waited is None else waited
 
     async def _search(self, object_type: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """A CRM search call, paced to HubSpot's 4 requests per second per token."""
@@ -351,6 +346,31 @@ class HubSpotConnector(Connector):
     ) -> dict[str, RecordRef]:
         if len(leads) > self.max_batch:
             raise CrmError(f"at most {self.max_batch} leads per push", permanent=True)
+        try:
+            return await self._push(leads, known)
+        except CrmError as exc:
+            if exc.status != 404 or not known:
+                raise
+            # A stored contact was deleted or merged away in HubSpot, and batch update refuses
+            # the whole batch for it: find which, and look those leads up by email instead.
+            gone = await self._missing_contacts([ref.record_id for ref in known.values()])
+            if not gone:
+                raise
+            still = {lead: ref for lead, ref in known.items() if ref.record_id not in gone}
+            return await self._push(leads, still)
+
+    async def _missing_contacts(self, record_ids: list[str]) -> set[str]:
+        response = await self._call(
+            "POST",
+            "/crm/v3/objects/contacts/batch/read",
+            json={"properties": ["email"], "inputs": [{"id": rid} for rid in record_ids]},
+        )
+        present = {str(result["id"]) for result in response.json().get("results", [])}
+        return set(record_ids) - present
+
+    async def _push(
+        self, leads: Sequence[LeadSnapshot], known: Mapping[str, RecordRef]
+    ) -> dict[str, RecordRef]:
         written: dict[str, RecordRef] = {}
         updates: dict[str, dict[str, Any]] = {}  # record id -> properties
         by_email: dict[str, list[LeadSnapshot]] = {}
