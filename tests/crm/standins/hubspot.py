@@ -176,27 +176,34 @@ class HubSpotStandIn:
         self.token = token
         self.client_secret = client_secret
         self.owner_map = dict(OWNERS if owners is None else owners)
+        self.custom_properties = custom_properties
         self.log = CallLog()
         self.base_url = ""
-        self.contacts: dict[str, Record] = {}
-        self.deals: dict[str, Record] = {}
-        self.deal_contacts: dict[str, list[str]] = {}
-        self._tasks: list[Record] = []
-        self.task_contacts: dict[str, list[str]] = {}
-        self.properties: dict[str, str] = dict(STANDARD_CONTACT_PROPERTIES)
-        self.groups: set[str] = {"contactinformation"}
-        if custom_properties:
-            self.properties.update(LEADSCORE_PROPERTIES)
-            self.groups.add("leadscore")
-        self.property_definitions: dict[str, dict[str, Any]] = {}
-        self.pipelines = [json.loads(json.dumps(DEFAULT_PIPELINE))]
-        self.erased: list[str] = []
-        self._ids = itertools.count(51)
-        self._failures: deque[Failure] = deque()
-        self._searches: deque[float] = deque()
-        self.daily_remaining = DAILY_LIMIT
         self.lock = threading.Lock()
+        self.reset()
         self.app = self._build_app()
+
+    def reset(self) -> None:
+        """Back to a fresh account (tests share one server per module to save start-ups)."""
+        with self.lock:
+            self.log.clear()
+            self.contacts: dict[str, Record] = {}
+            self.deals: dict[str, Record] = {}
+            self.deal_contacts: dict[str, list[str]] = {}
+            self._tasks: list[Record] = []
+            self.task_contacts: dict[str, list[str]] = {}
+            self.properties: dict[str, str] = dict(STANDARD_CONTACT_PROPERTIES)
+            self.groups: set[str] = {"contactinformation"}
+            if self.custom_properties:
+                self.properties.update(LEADSCORE_PROPERTIES)
+                self.groups.add("leadscore")
+            self.property_definitions: dict[str, dict[str, Any]] = {}
+            self.pipelines = [json.loads(json.dumps(DEFAULT_PIPELINE))]
+            self.erased: list[str] = []
+            self._ids = itertools.count(51)
+            self._failures: deque[Failure] = deque()
+            self._searches: deque[float] = deque()
+            self.daily_remaining = DAILY_LIMIT
 
     # -- the interface every stand-in has -------------------------------------------------
 
