@@ -680,6 +680,21 @@ def test_pull_follows_the_search_limit_when_calls_come_fast(hubspot: HubSpotStan
     assert run(hubspot, three_pulls) == 3 * 6
 
 
+def test_a_pulled_win_happened_at_the_deals_close_date(hubspot: HubSpotStandIn) -> None:
+    contact = hubspot.add_contact("buyer1@metalpro.it")
+    deal = hubspot.add_deal(contact, "closedwon", closedate="2026-11-20T15:00:00.000Z")
+    outcomes, _cursor = run(hubspot, lambda c: c.pull_changes(NOW))
+    won = [o for o in outcomes if o.type == "deal.won"]
+    assert [(o.dedup_key, o.occurred_at, o.record) for o in won] == [
+        (
+            f"deal:{deal}:deal.won",
+            datetime(2026, 11, 20, 15, 0, tzinfo=UTC),
+            RecordRef("contacts", contact),
+        )
+    ]
+    assert won[0].properties["amount"] == "12000"
+
+
 def test_the_pull_cursor_moves_forward_and_a_stale_cursor_finds_nothing_new(
     hubspot: HubSpotStandIn,
 ) -> None:

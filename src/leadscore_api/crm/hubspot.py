@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
@@ -91,12 +92,22 @@ _CREATE_ATTRIBUTES: Mapping[str, str] = {
     "phone": "phone",
 }
 
-_DEAL_PROPERTIES = ["dealstage", "pipeline", "createdate", "hs_lastmodifieddate", "amount"]
+_DEAL_PROPERTIES = [
+    "dealstage",
+    "pipeline",
+    "createdate",
+    "closedate",
+    "hs_lastmodifieddate",
+    "amount",
+]
 
 # Last search call per token, shared by every connector instance in the process, because
-# HubSpot counts the 4 requests per second per token, not per client.
+# HubSpot counts the 4 requests per second per token, not per client. Locks belong to an
+# event loop, so there is one set per loop.
 _last_search: dict[str, float] = {}
-_search_locks: dict[str, asyncio.Lock] = {}
+_search_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def hubspot_time(value: datetime) -> str:
@@ -300,7 +311,8 @@ class HubSpotConnector(Connector):
     async def _search(self, object_type: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """A CRM search call, paced to HubSpot's 4 requests per second per token."""
         token = self._token()
-        lock = _search_locks.setdefault(token, asyncio.Lock())
+        locks = _search_locks.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.setdefault(token, asyncio.Lock())
         async with lock:
             interval = float(
                 self.config.options.get("search_interval_seconds", SEARCH_INTERVAL_SECONDS)
@@ -744,7 +756,10 @@ class HubSpotConnector(Connector):
             stage = stages.get(stage_id)
             outcome_type = _won_or_lost(stage) if stage else None
             if outcome_type is not None:
-                found.append((deal_id, outcome_type, modified, {**extra, "stage": stage_id}))
+                # HubSpot sets the close date when a deal enters a closed stage; the last
+                # modification is only the fallback (a later edit would move it).
+                closed = parse_hubspot_time(props.get("closedate")) or modified
+                found.append((deal_id, outcome_type, closed, {**extra, "stage": stage_id}))
         if not found:
             return [], reached
         contacts = await self._deal_contacts({deal_id for deal_id, *_ in found})

@@ -250,7 +250,9 @@ class HubSpotStandIn:
                 deal = self._deal_of(contact.id) or self._create_deal(
                     contact.id, "appointmentscheduled"
                 )
-                self._touch(deal, {"dealstage": stage}, modified="hs_lastmodifieddate")
+                self._touch(
+                    deal, {"dealstage": stage, "closedate": _now()}, modified="hs_lastmodifieddate"
+                )
                 event = self._event("deal.propertyChange", deal.id, "dealstage", stage)
         return self.sign("POST", url, json.dumps([event]).encode())
 
@@ -282,9 +284,13 @@ class HubSpotStandIn:
         with self.lock:
             return self._create_contact({"email": email.lower(), **properties}).id
 
-    def add_deal(self, contact_id: str | None, stage: str = "appointmentscheduled") -> str:
+    def add_deal(
+        self, contact_id: str | None, stage: str = "appointmentscheduled", **properties: str
+    ) -> str:
         with self.lock:
-            return self._create_deal(contact_id, stage).id
+            deal = self._create_deal(contact_id, stage)
+            deal.properties.update(properties)
+            return deal.id
 
     def contact_id(self, email: str) -> str | None:
         record = self._contact_by_email(email)
@@ -328,6 +334,7 @@ class HubSpotStandIn:
                 "createdate": now,
                 "hs_lastmodifieddate": now,
                 "hs_object_id": deal_id,
+                **({"closedate": now} if stage.startswith("closed") else {}),
             },
             now,
             now,
