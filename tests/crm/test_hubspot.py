@@ -745,3 +745,16 @@ def test_setup_creates_the_group_and_properties_then_reports_them_existing() -> 
 def test_setup_without_a_client_secret_says_how_to_get_one(hubspot: HubSpotStandIn) -> None:
     report = run(hubspot, lambda c: c.setup(), credentials={"token": hubspot.token})
     assert any("client_secret" in step for step in report.manual_steps)
+
+
+def test_an_unknown_time_zone_is_reported_by_setup_and_the_quota_counted_in_utc(
+    hubspot: HubSpotStandIn,
+) -> None:
+    options = {"time_zone": "Europe/Atlantis"}
+    report = run(hubspot, lambda c: c.setup(), options=options)
+    assert any("Europe/Atlantis" in step for step in report.manual_steps)
+    hubspot.fail_next(429, policy="DAILY")
+    with pytest.raises(CrmRateLimited) as caught:
+        run(hubspot, lambda c: c.push([lead(1)], {}), options=options)
+    assert caught.value.retry_after is not None
+    assert abs(caught.value.retry_after - _expected_to_midnight(UTC)) < 5

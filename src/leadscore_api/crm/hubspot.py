@@ -234,11 +234,17 @@ class HubSpotConnector(Connector):
         super().__init__(config, http, tokens)
         zone_name = config.options.get("time_zone")
         self.time_zone: tzinfo = UTC
+        #: An unknown ``options.time_zone`` (reported by ``setup``): the daily reset is then
+        #: counted in UTC rather than failing every call of a running connector.
+        self.time_zone_problem: str | None = None
         if zone_name:
             try:
                 self.time_zone = ZoneInfo(str(zone_name))
-            except (ZoneInfoNotFoundError, ValueError) as exc:
-                raise ValueError(f"options.time_zone: unknown time zone {zone_name!r}") from exc
+            except (ZoneInfoNotFoundError, ValueError):
+                self.time_zone_problem = (
+                    f"options.time_zone {zone_name!r} is not an IANA time zone (e.g. "
+                    "Europe/Rome): the daily quota's reset is counted in UTC until you fix it."
+                )
         statuses = config.options.get("lead_status_outcomes")
         self.lead_status_outcomes: Mapping[str, str] = (
             dict(statuses) if isinstance(statuses, Mapping) else DEFAULT_LEAD_STATUS_OUTCOMES
@@ -882,7 +888,7 @@ class HubSpotConnector(Connector):
         return report
 
     def _manual_steps(self) -> list[str]:
-        steps = []
+        steps = [self.time_zone_problem] if self.time_zone_problem else []
         if not self.config.credentials.get("client_secret"):
             steps.append(
                 "Add the app's client secret as credentials.client_secret (Settings > "
