@@ -258,6 +258,23 @@ def test_a_stored_contact_deleted_in_hubspot_is_found_again_by_email(
     assert hubspot.contacts[kept].properties["leadscore_score"] == "70"
 
 
+def test_a_gone_contact_reported_per_id_is_found_again_by_email() -> None:
+    with running(missing_update="207") as hubspot:
+        kept = hubspot.add_contact("buyer2@metalpro.it")
+        known = {"lead-1": RecordRef("contacts", "999"), "lead-2": RecordRef("contacts", kept)}
+        written = run(hubspot, lambda c: c.push([lead(1), lead(2, score=70)], known))
+        assert written == {
+            "lead-1": RecordRef("contacts", str(hubspot.contact_id("buyer1@metalpro.it"))),
+            "lead-2": RecordRef("contacts", kept),
+        }
+        assert hubspot.log.lines() == [
+            "POST /crm/v3/objects/contacts/batch/update",  # 207: 999 not found, 2 written
+            "POST /crm/v3/objects/contacts/batch/upsert",  # lead 1 only
+        ]
+        assert [i["id"] for i in hubspot.log.calls[1].body["inputs"]] == ["buyer1@metalpro.it"]
+        assert hubspot.contacts[kept].properties["leadscore_score"] == "70"
+
+
 def test_without_create_missing_only_existing_contacts_are_written(
     hubspot: HubSpotStandIn,
 ) -> None:

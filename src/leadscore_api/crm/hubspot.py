@@ -365,17 +365,30 @@ class HubSpotConnector(Connector):
         if len(leads) > self.max_batch:
             raise CrmError(f"at most {self.max_batch} leads per push", permanent=True)
         try:
-            return await self._push(leads, known)
+            written, gone = await self._push(leads, known)
         except CrmError as exc:
             if exc.status != 404 or not known:
                 raise
-            # A stored contact was deleted or merged away in HubSpot, and batch update refuses
+            # A stored contact was deleted or merged away in HubSpot and batch update refused
             # the whole batch for it: find which, and look those leads up by email instead.
             gone = await self._missing_contacts([ref.record_id for ref in known.values()])
             if not gone:
                 raise
             still = {lead: ref for lead, ref in known.items() if ref.record_id not in gone}
-            return await self._push(leads, still)
+            written, _gone = await self._push(leads, still)
+            return written
+        if gone:
+            # The same, when HubSpot answers 207 with per-id errors: only those leads again.
+            again = [
+                lead
+                for lead in leads
+                if lead.lead_id in known and known[lead.lead_id].record_id in gone
+            ]
+            for lead in again:
+                written.pop(lead.lead_id, None)
+            found, _gone = await self._push(again, {})
+            written.update(found)
+        return written
 
     async def _missing_contacts(self, record_ids: list[str]) -> set[str]:
         response = await self._call(
@@ -388,7 +401,8 @@ class HubSpotConnector(Connector):
 
     async def _push(
         self, leads: Sequence[LeadSnapshot], known: Mapping[str, RecordRef]
-    ) -> dict[str, RecordRef]:
+    ) -> tuple[dict[str, RecordRef], set[str]]:
+        """Write once: the records written, and the stored ids HubSpot said are gone."""
         written: dict[str, RecordRef] = {}
         updates: dict[str, dict[str, Any]] = {}  # record id -> properties
         by_email: dict[str, list[LeadSnapshot]] = {}
@@ -423,8 +437,9 @@ class HubSpotConnector(Connector):
             for email, record_id in found.items():
                 for lead in by_email[email]:
                     written[lead.lead_id] = RecordRef(CONTACT, record_id)
+        gone: set[str] = set()
         if updates:
-            await self._call(
+            response = await self._call(
                 "POST",
                 "/crm/v3/objects/contacts/batch/update",
                 json={
@@ -434,7 +449,9 @@ class HubSpotConnector(Connector):
                     ]
                 },
             )
-        return written
+            if response.status_code == 207:
+                gone = _missing_ids(response.json()) & {r.record_id for r in known.values()}
+        return written, gone
 
     async def _upsert(
         self, leads: Mapping[str, LeadSnapshot]
@@ -903,6 +920,15 @@ class HubSpotConnector(Connector):
             "Property changed - hs_lead_status. Commit changes."
         )
         return steps
+
+
+def _missing_ids(body: Any) -> set[str]:
+    """The ids a 207 Multi-Status answer reports as not found."""
+    ids: set[str] = set()
+    for error in (body.get("errors") if isinstance(body, dict) else None) or []:
+        if isinstance(error, dict) and error.get("category") == "OBJECT_NOT_FOUND":
+            ids.update(str(i) for i in (error.get("context") or {}).get("ids", []))
+    return ids
 
 
 def _won_or_lost(stage: Mapping[str, Any]) -> OutcomeType | None:

@@ -172,7 +172,11 @@ class HubSpotStandIn:
         client_secret: str = CLIENT_SECRET,
         custom_properties: bool = True,
         owners: dict[str, str] | None = None,
+        missing_update: str = "404",
     ) -> None:
+        # How batch update answers an id that does not exist: HubSpot's reference does not
+        # say; "404" refuses the whole batch, "207" writes the others and lists it in errors.
+        self.missing_update = missing_update
         self.token = token
         self.client_secret = client_secret
         self.owner_map = dict(OWNERS if owners is None else owners)
@@ -580,6 +584,21 @@ class HubSpotStandIn:
         missing = [
             str(item.get("id")) for item in inputs if str(item.get("id")) not in self.contacts
         ]
+        if missing and self.missing_update == "207":
+            found = [item for item in inputs if str(item.get("id")) in self.contacts]
+            _status, answer = self._batch_update(
+                Call(call.method, call.path, {}, {}, {"inputs": found})
+            )
+            answer["numErrors"] = 1
+            answer["errors"] = [
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": "Could not get some CONTACT objects, they may be deleted or not exist.",
+                    "context": {"ids": missing},
+                }
+            ]
+            return 207, answer
         if missing:
             raise HubSpotError(
                 404,
