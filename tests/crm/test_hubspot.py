@@ -775,3 +775,46 @@ def test_an_unknown_time_zone_is_reported_by_setup_and_the_quota_counted_in_utc(
         run(hubspot, lambda c: c.push([lead(1)], {}), options=options)
     assert caught.value.retry_after is not None
     assert abs(caught.value.retry_after - _expected_to_midnight(UTC)) < 5
+
+
+# -- the stand-in itself ----------------------------------------------------------------
+
+
+def test_the_stand_in_refuses_what_hubspot_refuses(hubspot: HubSpotStandIn) -> None:
+    auth = {"Authorization": f"Bearer {hubspot.token}"}
+    upsert = f"{hubspot.base_url}/crm/v3/objects/contacts/batch/upsert"
+
+    def inputs(n: int) -> list[dict[str, Any]]:
+        return [
+            {"id": f"b{i}@x.it", "idProperty": "email", "properties": {"leadscore_letter": "A"}}
+            for i in range(n)
+        ]
+
+    with httpx.Client(timeout=10) as http:
+        answers = {
+            "no token": http.post(upsert, json={"inputs": inputs(1)}),
+            "101 inputs": http.post(upsert, json={"inputs": inputs(101)}, headers=auth),
+            "unknown field": http.post(
+                upsert, json={"inputs": inputs(1), "mode": "fast"}, headers=auth
+            ),
+            "unknown property": http.post(
+                upsert,
+                json={"inputs": [{**inputs(1)[0], "properties": {"grade": "A"}}]},
+                headers=auth,
+            ),
+            "duplicate email": http.post(
+                upsert, json={"inputs": [inputs(1)[0], inputs(1)[0]]}, headers=auth
+            ),
+        }
+    statuses = {name: answer.status_code for name, answer in answers.items()}
+    assert statuses == {
+        "no token": 401,
+        "101 inputs": 400,
+        "unknown field": 400,
+        "unknown property": 400,
+        "duplicate email": 400,
+    }
+    assert answers["no token"].json()["category"] == "INVALID_AUTHENTICATION"
+    assert "PROPERTY_DOESNT_EXIST" in answers["unknown property"].json()["message"]
+    assert all(answer.json()["status"] == "error" for answer in answers.values())
+    assert hubspot.contacts == {}

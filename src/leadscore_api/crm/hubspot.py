@@ -736,7 +736,7 @@ class HubSpotConnector(Connector):
             after = ((page.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return results, None
-            if int(after) >= SEARCH_MAX_DEPTH:
+            if after.isdigit() and int(after) >= SEARCH_MAX_DEPTH:
                 last = parse_hubspot_time(results[-1].get("properties", {}).get(modified))
                 return results, last
 

@@ -111,6 +111,31 @@ DEFAULT_PIPELINE = {
         )
     ],
 }
+#: Top-level fields each endpoint (by its last path segment) accepts; others are a 400.
+ALLOWED_FIELDS = {
+    "upsert": {"inputs"},
+    "update": {"inputs"},
+    "read": {"inputs", "idProperty", "properties", "propertiesWithHistory", "archived"},
+    "tasks": {"properties", "associations"},
+    "merge": {"primaryObjectId", "objectIdToMerge"},
+    "gdpr-delete": {"objectId", "idProperty"},
+    "search": {"filterGroups", "sorts", "properties", "limit", "after", "query"},
+    "groups": {"name", "label", "displayOrder"},
+    "contacts": {
+        "name",
+        "label",
+        "type",
+        "fieldType",
+        "groupName",
+        "description",
+        "options",
+        "displayOrder",
+        "hasUniqueValue",
+        "hidden",
+        "formField",
+    },
+}
+INPUT_FIELDS = {"id", "idProperty", "properties", "objectWriteTraceId"}
 SUBSCRIPTIONS = {"deal.creation": 1801, "deal.propertyChange": 1802, "contact.propertyChange": 1803}
 
 
@@ -498,6 +523,17 @@ class HubSpotStandIn:
     def _object(call: Call) -> dict[str, Any]:
         if not isinstance(call.body, dict):
             raise HubSpotError(400, "Invalid input JSON on line 1", "VALIDATION_ERROR")
+        allowed = ALLOWED_FIELDS.get(call.path.rsplit("/", 1)[-1])
+        unknown = sorted(set(call.body) - allowed) if allowed is not None else []
+        for item in call.body.get("inputs") or [] if allowed is not None else []:
+            if isinstance(item, dict):
+                unknown += sorted(set(item) - INPUT_FIELDS)
+        if unknown:
+            raise HubSpotError(
+                400,
+                f'Invalid input JSON on line 1, column 2: Unrecognized field "{unknown[0]}"',
+                "VALIDATION_ERROR",
+            )
         return call.body
 
     def _inputs(self, call: Call) -> list[dict[str, Any]]:
