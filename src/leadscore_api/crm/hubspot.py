@@ -164,6 +164,19 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def _json(response: httpx.Response) -> Any:
+    """A success answer's JSON object; anything else (a proxy's HTML page) is retried."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise CrmError(
+            f"HubSpot answered {response.status_code} without JSON", status=response.status_code
+        ) from exc
+    if not isinstance(body, dict):
+        raise CrmError(f"HubSpot answered {response.status_code} with JSON that is no object")
+    return body
+
+
 def _error_message(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -265,7 +278,6 @@ class HubSpotConnector(Connector):
         path: str,
         *,
         json: Any = None,
-        params: Mapping[str, str] | None = None,
         ok: Sequence[int] = (),
     ) -> httpx.Response:
         """One request; over-limit answers become CrmRateLimited, others CrmError.
@@ -277,7 +289,6 @@ class HubSpotConnector(Connector):
                 method,
                 self.base_url + path,
                 json=json,
-                params=params,
                 headers={"Authorization": f"Bearer {self._token()}"},
             )
         except httpx.HTTPError as exc:
@@ -316,7 +327,7 @@ class HubSpotConnector(Connector):
 
     async def _search(self, object_type: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """A CRM search call, paced to HubSpot's 4 requests per second per token."""
-        token = self._token()
+        token = hashlib.sha256(self._token().encode()).hexdigest()
         locks = _search_locks.setdefault(asyncio.get_running_loop(), {})
         lock = locks.setdefault(token, asyncio.Lock())
         async with lock:
@@ -332,7 +343,7 @@ class HubSpotConnector(Connector):
                 )
             finally:
                 _last_search[token] = time.monotonic()
-        result: Mapping[str, Any] = response.json()
+        result: Mapping[str, Any] = _json(response)
         return result
 
     # -- scores out ---------------------------------------------------------------------
@@ -396,7 +407,7 @@ class HubSpotConnector(Connector):
             "/crm/v3/objects/contacts/batch/read",
             json={"properties": ["email"], "inputs": [{"id": rid} for rid in record_ids]},
         )
-        present = {str(result["id"]) for result in response.json().get("results", [])}
+        present = {str(result["id"]) for result in _json(response).get("results", [])}
         return set(record_ids) - present
 
     async def _push(
@@ -450,7 +461,7 @@ class HubSpotConnector(Connector):
                 },
             )
             if response.status_code == 207:
-                gone = _missing_ids(response.json()) & {r.record_id for r in known.values()}
+                gone = _missing_ids(_json(response)) & {r.record_id for r in known.values()}
         return written, gone
 
     async def _upsert(
@@ -467,7 +478,7 @@ class HubSpotConnector(Connector):
         )
         found: dict[str, str] = {}
         created: dict[str, str] = {}
-        for result in response.json().get("results", []):
+        for result in _json(response).get("results", []):
             email = str(result.get("properties", {}).get("email") or "").lower()
             if email in leads:
                 found[email] = str(result["id"])
@@ -488,7 +499,7 @@ class HubSpotConnector(Connector):
         )
         found: dict[str, str] = {}
         # 207 Multi-Status lists the emails without a contact under "errors": not an error here.
-        for result in response.json().get("results", []):
+        for result in _json(response).get("results", []):
             email = str(result.get("properties", {}).get("email") or "").lower()
             if email in emails:
                 found[email] = str(result["id"])
@@ -524,7 +535,7 @@ class HubSpotConnector(Connector):
                 ],
             },
         )
-        return str(response.json()["id"])
+        return str(_json(response)["id"])
 
     def _task_association_type(self) -> int:
         configured = self.config.options.get("task_contact_association_type_id")
@@ -556,7 +567,7 @@ class HubSpotConnector(Connector):
             json={"primaryObjectId": survivor.record_id, "objectIdToMerge": merged.record_id},
         )
         # HubSpot answers with the merged record; trust its id over the one we sent.
-        record_id = str(response.json().get("id") or survivor.record_id)
+        record_id = str(_json(response).get("id") or survivor.record_id)
         return RecordRef(CONTACT, record_id)
 
     # -- outcomes in --------------------------------------------------------------------
@@ -667,7 +678,7 @@ class HubSpotConnector(Connector):
         response = await self._call(
             "GET", f"/crm/v4/objects/deals/{quote(deal_id, safe='')}/associations/contacts"
         )
-        results = response.json().get("results") or []
+        results = _json(response).get("results") or []
         return str(results[0]["toObjectId"]) if results else None
 
     async def _stages(self, *, refresh: bool = False) -> Mapping[str, Mapping[str, Any]]:
@@ -686,7 +697,7 @@ class HubSpotConnector(Connector):
             return stages
         response = await self._call("GET", "/crm/v3/pipelines/deals")
         fresh: dict[str, dict[str, Any]] = {}
-        for pipeline in response.json().get("results", []):
+        for pipeline in _json(response).get("results", []):
             for stage in pipeline.get("stages", []):
                 metadata = stage.get("metadata") or {}
                 fresh[str(stage["id"])] = {
@@ -808,7 +819,7 @@ class HubSpotConnector(Connector):
                 "/crm/v4/associations/deals/contacts/batch/read",
                 json={"inputs": [{"id": deal_id} for deal_id in ordered[start : start + 100]]},
             )
-            for result in response.json().get("results", []):
+            for result in _json(response).get("results", []):
                 to = result.get("to") or []
                 if to:
                     contacts[str(result["from"]["id"])] = str(to[0]["toObjectId"])
@@ -897,7 +908,7 @@ class HubSpotConnector(Connector):
             )
             (report.existing if response.status_code == 409 else report.created).append(crm_name)
         response = await self._call("GET", "/crm/v4/associations/tasks/contacts/labels")
-        for label in response.json().get("results", []):
+        for label in _json(response).get("results", []):
             if label.get("category") == "HUBSPOT_DEFINED" and not label.get("label"):
                 self.tokens.put({"task_contact_association_type_id": int(label["typeId"])})
                 break
