@@ -632,6 +632,32 @@ def test_generic_object_events_and_the_stage_cache(hubspot: HubSpotStandIn) -> N
     assert hubspot.log.lines().count("GET /crm/v3/pipelines/deals") == 2
 
 
+def test_a_generic_deal_creation_event_is_an_opportunity(hubspot: HubSpotStandIn) -> None:
+    contact = hubspot.add_contact("buyer1@metalpro.it")
+    deal = hubspot.add_deal(contact)
+    events = [
+        {
+            "subscriptionType": "object.creation",
+            "objectTypeId": "0-3",
+            "objectId": int(deal),
+            "occurredAt": 1764149400000,
+            "subscriptionId": 5,
+        },
+        {
+            "subscriptionType": "object.creation",
+            "objectTypeId": "0-1",
+            "objectId": int(contact),
+            "occurredAt": 1764149400000,
+            "subscriptionId": 6,
+        },
+    ]
+    outcomes = receive(hubspot, hubspot.sign("POST", HOOK_URL, json.dumps(events).encode()))
+    assert [(o.type, o.dedup_key, o.record) for o in outcomes] == [
+        ("opportunity.created", f"deal:{deal}:opportunity.created", RecordRef("contacts", contact))
+    ]
+    assert outcomes[0].occurred_at == datetime(2025, 11, 26, 9, 30, tzinfo=UTC)
+
+
 def test_a_deal_without_a_contact_is_left_for_the_pull(hubspot: HubSpotStandIn) -> None:
     deal = hubspot.add_deal(None)
     event = {
