@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -334,8 +335,34 @@ class SalesforceConnector(Connector):
                 for lead in updates
             ]
             results = await self._collection("PATCH", records)
+            converted: list[LeadSnapshot] = []
             for lead, result in zip(updates, results, strict=True):
-                self._take(lead, result, found[lead.lead_id].object_type, written, failed)
+                if _codes(result) == ["CANNOT_UPDATE_CONVERTED_LEAD"]:
+                    converted.append(lead)
+                else:
+                    self._take(lead, result, found[lead.lead_id].object_type, written, failed)
+            if converted:
+                # A stored Lead id whose lead was converted: write to its contact from now on.
+                contacts = await self._converted_contacts(
+                    [found[lead.lead_id].record_id for lead in converted]
+                )
+                followed = [lead for lead in converted if found[lead.lead_id].record_id in contacts]
+                for lead in converted:
+                    if lead not in followed:
+                        failed[lead.lead_id] = ("CANNOT_UPDATE_CONVERTED_LEAD", False)
+                if followed:
+                    refs = [contacts[found[lead.lead_id].record_id] for lead in followed]
+                    records = [
+                        {
+                            "attributes": {"type": "Contact"},
+                            "id": ref.record_id,
+                            **self._fields(lead),
+                        }
+                        for lead, ref in zip(followed, refs, strict=True)
+                    ]
+                    results = await self._collection("PATCH", records)
+                    for lead, result in zip(followed, results, strict=True):
+                        self._take(lead, result, "Contact", written, failed)
         if creates:
             records = [
                 {"attributes": {"type": self.object}, **self._identity(lead), **self._fields(lead)}
@@ -366,20 +393,37 @@ class SalesforceConnector(Connector):
 
     async def _find_by_email(self, emails: Sequence[str]) -> dict[str, RecordRef]:
         """Records by lowercased email; the oldest wins where several share one (SOQL string
-        comparison is case-insensitive, so the match is too). Converted leads are read-only."""
+        comparison is case-insensitive, so the match is too). A converted lead is read-only
+        and its person lives on as the contact it became: that contact is the match."""
         found: dict[str, RecordRef] = {}
-        extra = " AND IsConverted = false" if self.object == "Lead" else ""
+        if self.object == "Lead":
+            select = "SELECT Id, Email, IsConverted, ConvertedContactId FROM Lead"
+            order = "ORDER BY IsConverted ASC, CreatedDate ASC"
+        else:
+            select, order = "SELECT Id, Email FROM Contact", "ORDER BY CreatedDate ASC"
         for chunk in _chunks_by_length(emails, MAX_QUERY_CHARS):
             quoted = ", ".join(soql_string(email) for email in chunk)
-            soql = (
-                f"SELECT Id, Email FROM {self.object} WHERE Email IN ({quoted}){extra} "
-                "ORDER BY CreatedDate ASC"
-            )
-            for record in await self._query(soql):
+            for record in await self._query(f"{select} WHERE Email IN ({quoted}) {order}"):
                 email = str(record.get("Email") or "").lower()
-                if email and email not in found:
+                if not email or email in found:
+                    continue
+                if record.get("IsConverted") and record.get("ConvertedContactId"):
+                    found[email] = RecordRef("Contact", str(record["ConvertedContactId"]))
+                elif not record.get("IsConverted"):
                     found[email] = RecordRef(self.object, str(record["Id"]))
         return found
+
+    async def _converted_contacts(self, lead_ids: Sequence[str]) -> dict[str, RecordRef]:
+        """Stored Lead ids that were converted since -> the contacts they became."""
+        quoted = ", ".join(soql_string(value) for value in lead_ids)
+        rows = await self._query(
+            f"SELECT Id, ConvertedContactId FROM Lead WHERE Id IN ({quoted}) AND IsConverted = true"
+        )
+        return {
+            str(row["Id"]): RecordRef("Contact", str(row["ConvertedContactId"]))
+            for row in rows
+            if row.get("ConvertedContactId")
+        }
 
     async def _collection(self, method: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         response = await self._call(
@@ -402,7 +446,7 @@ class SalesforceConnector(Connector):
             written[lead.lead_id] = RecordRef(object_type, str(result["id"]))
             return
         errors = result.get("errors") or [{}]
-        codes = [str(error.get("statusCode", "")) for error in errors]
+        codes = _codes(result)
         message = "; ".join(
             f"{error.get('statusCode')}: {error.get('message')}"
             + (f" ({', '.join(error['fields'])})" if error.get("fields") else "")
@@ -690,8 +734,10 @@ class SalesforceConnector(Connector):
     async def setup(self) -> SetupReport:
         report = SetupReport()
         created_or_there: list[str] = []
-        for ours, name in self.field_map.items():
-            full_name = f"{self.object}.{name}"
+        # Lead mode writes converted leads' contacts too, so both objects need the fields.
+        objects = ["Lead", "Contact"] if self.object == "Lead" else ["Contact"]
+        for obj, (ours, name) in itertools.product(objects, self.field_map.items()):
+            full_name = f"{obj}.{name}"
             metadata = _FIELD_METADATA.get(ours)
             if not name.endswith("__c") or metadata is None:
                 # A standard field (Rating, Description...): nothing to create.
@@ -714,7 +760,7 @@ class SalesforceConnector(Connector):
         fields = ", ".join(created_or_there) or "(none)"
         report.manual_steps += [
             "Setup > Permission Sets > New (e.g. 'Leadscore integration') > Object Settings > "
-            f"{self.object}: grant Read and Edit on {fields}, then assign the permission set to "
+            f"{' and '.join(objects)}: grant Read and Edit on {fields}, then assign the permission set to "
             "the integration user. New fields stay invisible to the API until this is done.",
             "Setup > External Client App Manager: the app must have 'Enable Client Credentials "
             "Flow' with that user as 'Run As' (or a refresh token with the scopes 'api' and "
@@ -805,6 +851,13 @@ def _chunks_by_length(values: Sequence[str], limit: int) -> list[list[str]]:
     if current:
         chunks.append(current)
     return chunks
+
+
+def _codes(result: Mapping[str, Any]) -> list[str]:
+    """A failed collection record's error codes (``statusCode`` of each of its errors)."""
+    if result.get("success"):
+        return []
+    return [str(error.get("statusCode", "")) for error in result.get("errors") or [{}]]
 
 
 def _json(response: httpx.Response) -> Any:
