@@ -12,6 +12,7 @@ import httpx
 import pytest
 from tests.crm.standins.salesforce import REP_USER, SalesforceStandIn, running
 
+from leadscore_api.crm import salesforce_outbound as outbound
 from leadscore_api.crm.base import (
     CrmError,
     CrmRateLimited,
@@ -357,8 +358,9 @@ def test_bad_options_are_refused_naming_the_option(org: SalesforceStandIn) -> No
         ({"object": "Account"}, "options.object"),
         ({"api_version": "latest"}, "options.api_version"),
         ({"status_map": {"Working": "lead.called"}}, "options.status_map"),
+        ({"limit_retry_after": "an hour"}, "options.limit_retry_after"),
     ):
-        with pytest.raises(CrmError, match=named):
+        with pytest.raises(ValueError, match=named):
             run(org, lambda c: c.push([], {}), options=options)
 
 
@@ -498,6 +500,38 @@ def test_deal_notifications_become_created_won_and_lost_on_the_converted_lead(
     assert repeated == second  # Salesforce's retry of the same message: same keys
 
 
+def test_a_message_of_many_notifications_costs_one_query_per_kind_not_per_notification(
+    org: SalesforceStandIn,
+) -> None:
+    emails = [f"buyer{n}@example.com" for n in range(3)]
+    records = run(org, lambda c: c.push([snapshot(e) for e in emails], {}))
+    org.opportunity_message_fields = ["Id", "StageName"]  # IsWon left out: stage lookup
+    notifications = [
+        outbound.parse(org.outcome_notification(e, "deal.won", NOTIFY_URL)[2]).notifications[0]
+        for e in emails
+    ]
+    orphan = org.add(
+        "Opportunity", Name="No contact", StageName="Closed Won", IsClosed=True, IsWon=True
+    )
+    notifications.append(
+        outbound.Notification(
+            "04l5g0000000999AAA", "Opportunity", {"Id": orphan, "StageName": "Closed Won"}
+        )
+    )
+    body = outbound.build(
+        org.organization_id, "04k5g000000ACTNAA2", org.instance_url, notifications
+    )
+    org.log.clear()
+
+    outcomes = run(org, lambda c: c.parse_notification(inbound(body)))
+
+    won = [o for o in outcomes if o.type == "deal.won"]
+    assert sorted(o.record.record_id for o in won if o.record) == sorted(
+        records[f"lead-{e}"].record_id for e in emails
+    )  # the opportunity without a person gives nothing (yet)
+    assert [line for line in org.log.lines() if "oauth2" not in line] == [f"GET {API}/query"] * 3
+
+
 def test_lead_status_notifications_become_contacted_and_accepted(org: SalesforceStandIn) -> None:
     records = run(org, lambda c: c.push([snapshot("anna@metalpro.it")], {}))
     anna = records["lead-anna@metalpro.it"]
@@ -530,7 +564,9 @@ def test_without_iswon_in_the_message_the_stage_is_looked_up(org: SalesforceStan
     outcomes = run(org, lambda c: c.parse_notification(inbound(body)))
 
     assert [o.type for o in outcomes] == ["opportunity.created", "deal.won"]
-    assert "FROM OpportunityStage WHERE ApiName = 'Closed Won'" in org.log.calls[1].query["q"]
+    assert org.log.calls[1].query["q"] == (
+        "SELECT ApiName, IsClosed, IsWon FROM OpportunityStage WHERE ApiName IN ('Closed Won')"
+    )
 
 
 def test_in_contact_mode_the_deal_is_found_through_its_contact_role(
@@ -721,7 +757,8 @@ def test_exact_calls_for_one_lead_going_new_to_sql_to_won(org: SalesforceStandIn
     }
     opportunity = org.records["Lead"][record.record_id]["ConvertedOpportunityId"]
     assert calls[5].query["q"] == (
-        f"SELECT Id, Email FROM Lead WHERE ConvertedOpportunityId = '{opportunity}' LIMIT 1"
+        "SELECT Id, Email, ConvertedOpportunityId FROM Lead "
+        f"WHERE ConvertedOpportunityId IN ('{opportunity}') ORDER BY CreatedDate ASC"
     )
     won = outcomes[-1]
     assert (won.type, won.record, won.email, won.dedup_key) == (

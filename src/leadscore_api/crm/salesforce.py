@@ -36,7 +36,6 @@ import httpx
 
 from leadscore_api.crm import salesforce_outbound as outbound
 from leadscore_api.crm.base import (
-    OUTCOME_TYPES,
     Acknowledgement,
     Connector,
     ConnectorConfig,
@@ -124,37 +123,29 @@ class SalesforceConnector(Connector):
     }
 
     def __init__(self, config: ConnectorConfig, http: httpx.AsyncClient, tokens: TokenCache):
+        """Reads and checks ``options``; a bad one is a ValueError naming it (as the other
+        connectors do), so that configuring the connector can refuse it before any call."""
         super().__init__(config, http, tokens)
         options = config.options
         version = _VERSION_RE.match(str(options.get("api_version", DEFAULT_API_VERSION)))
         if version is None:
-            raise CrmError("options.api_version must look like v62.0", status=422, permanent=True)
+            raise ValueError("options.api_version: must look like v62.0")
         self.api = f"/services/data/v{version.group(1)}"
         self.object = str(options.get("object", "Lead"))
         if self.object not in ("Lead", "Contact"):
-            raise CrmError('options.object must be "Lead" or "Contact"', status=422, permanent=True)
+            raise ValueError('options.object: must be "Lead" or "Contact"')
         status_map = options.get("status_map", DEFAULT_STATUS_MAP)
         if not isinstance(status_map, Mapping) or any(
-            value not in OUTCOME_TYPES for value in status_map.values()
+            value not in ("lead.accepted", "lead.contacted") for value in status_map.values()
         ):
-            raise CrmError(
-                "options.status_map must map Lead Status values to outcome types",
-                status=422,
-                permanent=True,
+            raise ValueError(
+                "options.status_map: must map Lead Status values to lead.accepted or lead.contacted"
             )
         self.status_map: Mapping[str, OutcomeType] = status_map
-        self.limit_retry_after = float(options.get("limit_retry_after", DEFAULT_LIMIT_RETRY_AFTER))
-        self.pull_overlap = timedelta(seconds=float(options.get("pull_overlap_seconds", 300)))
+        self.limit_retry_after = _seconds(options, "limit_retry_after", DEFAULT_LIMIT_RETRY_AFTER)
+        self.pull_overlap = timedelta(seconds=_seconds(options, "pull_overlap_seconds", 300))
         self.task_status = str(options.get("task_status", "Not Started"))
         self.task_priority = str(options.get("task_priority", "High"))
-        missing = [key for key in ("client_id", "client_secret") if not config.credentials.get(key)]
-        if missing:
-            raise CrmError(
-                f"credentials.{missing[0]} is required (the External Client App's consumer "
-                "key and secret)",
-                status=422,
-                permanent=True,
-            )
         self._refresh_lock = asyncio.Lock()
         #: Lead id -> Salesforce's error, for records of the last push that failed for good.
         self.last_push_errors: dict[str, str] = {}
@@ -177,6 +168,13 @@ class SalesforceConnector(Connector):
 
     async def _fetch_token(self, cached: Mapping[str, Any]) -> tuple[str, str]:
         credentials = self.config.credentials
+        for key in ("client_id", "client_secret"):
+            if not credentials.get(key):
+                raise CrmError(
+                    f"credentials.{key} is missing (the External Client App's consumer key and "
+                    "secret)",
+                    permanent=True,
+                )
         form = {
             "client_id": credentials["client_id"],
             "client_secret": credentials["client_secret"],
@@ -556,66 +554,90 @@ class SalesforceConnector(Connector):
         return Acknowledgement(status=200, media_type="text/xml", body=outbound.ACK)
 
     async def parse_notification(self, request: InboundRequest) -> list[Outcome]:
+        """A message holds up to 100 notifications: their stages and people are read with one
+        query each (not one per notification), so a busy message costs a handful of calls."""
         message = outbound.parse(request.body)
+        opportunities = [
+            dict(item.fields)
+            for item in message.notifications
+            if item.object_type == "Opportunity" and item.fields.get("Id")
+        ]
+        await self._complete_closed_state(opportunities)
+        people = await self._people([str(fields["Id"]) for fields in opportunities])
         outcomes: list[Outcome] = []
         for item in message.notifications:
-            if item.object_type == "Opportunity":
-                outcomes += await self._opportunity_outcomes(dict(item.fields), item.id)
-            elif item.object_type == "Lead":
-                outcomes += self._lead_outcomes(dict(item.fields), item.id)
+            if item.object_type == "Lead":
+                outcomes += self._lead_outcomes(item.fields, item.id)
+            elif item.object_type == "Opportunity" and item.fields.get("Id"):
+                fields = opportunities.pop(0)
+                person = people.get(str(fields["Id"]))
+                if person is None:
+                    log.info(
+                        "salesforce %s: opportunity %s has no person yet",
+                        self.config.name,
+                        fields["Id"],
+                    )
+                    continue
+                outcomes += self._opportunity_outcomes_for(fields, person, item.id)
         return outcomes
 
-    async def _opportunity_outcomes(
-        self, fields: dict[str, Any], notification_id: str | None
-    ) -> list[Outcome]:
-        opportunity_id = fields.get("Id")
-        if not opportunity_id:
-            return []
-        if fields.get("IsClosed") is None or fields.get("IsWon") is None:
-            fields |= await self._closed_state(str(opportunity_id), fields.get("StageName"))
-        person = await self._opportunity_person(str(opportunity_id), fields)
-        if person is None:
-            log.info(
-                "salesforce %s: opportunity %s has no person yet", self.config.name, opportunity_id
-            )
-            return []
-        return self._opportunity_outcomes_for(fields, person, notification_id)
+    async def _complete_closed_state(self, opportunities: list[dict[str, Any]]) -> None:
+        """Fill in ``IsClosed`` / ``IsWon`` where the message's fields leave them out: from the
+        stage (``OpportunityStage``, as stage names are the org's own), else the opportunity."""
+        missing = [f for f in opportunities if f.get("IsClosed") is None or f.get("IsWon") is None]
+        stages = sorted({str(f["StageName"]) for f in missing if f.get("StageName")})
+        by_stage: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks_by_length(stages, MAX_QUERY_CHARS):
+            quoted = ", ".join(soql_string(value) for value in chunk)
+            for row in await self._query(
+                f"SELECT ApiName, IsClosed, IsWon FROM OpportunityStage WHERE ApiName IN ({quoted})"
+            ):
+                by_stage[str(row["ApiName"])] = row
+        ids = [str(f["Id"]) for f in missing if not f.get("StageName")]
+        by_id: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks_by_length(ids, MAX_QUERY_CHARS):
+            quoted = ", ".join(soql_string(value) for value in chunk)
+            for row in await self._query(
+                "SELECT Id, StageName, IsClosed, IsWon, CreatedDate, LastModifiedDate "
+                f"FROM Opportunity WHERE Id IN ({quoted})"
+            ):
+                by_id[str(row["Id"])] = row
+        for fields in missing:
+            found = by_stage.get(str(fields.get("StageName"))) or by_id.get(str(fields["Id"])) or {}
+            for key in ("StageName", "IsClosed", "IsWon", "CreatedDate", "LastModifiedDate"):
+                if fields.get(key) is None and key in found:
+                    fields[key] = found[key]
 
-    async def _closed_state(self, opportunity_id: str, stage: Any) -> dict[str, Any]:
-        if stage:
-            rows = await self._query(
-                "SELECT IsWon, IsClosed FROM OpportunityStage WHERE ApiName = "
-                + soql_string(str(stage))
-            )
-        else:
-            rows = await self._query(
-                "SELECT IsWon, IsClosed, StageName, CreatedDate, LastModifiedDate FROM "
-                f"Opportunity WHERE Id = {soql_string(opportunity_id)}"
-            )
-        if not rows:
-            return {"IsClosed": False, "IsWon": False}
-        return {key: value for key, value in rows[0].items() if key != "attributes"}
-
-    async def _opportunity_person(
-        self, opportunity_id: str, fields: Mapping[str, Any]
-    ) -> tuple[RecordRef, str | None] | None:
-        """The person a deal belongs to: the lead converted into it (the record we wrote, when
-        we write leads), else its primary contact role, else any contact role."""
-        quoted = soql_string(opportunity_id)
+    async def _people(
+        self, opportunity_ids: Sequence[str]
+    ) -> dict[str, tuple[RecordRef, str | None]]:
+        """The person each deal belongs to: the lead converted into it (the record we wrote,
+        when we write leads), else its primary contact role, else its oldest contact role."""
+        people: dict[str, tuple[RecordRef, str | None]] = {}
         if self.object == "Lead":
-            rows = await self._query(
-                f"SELECT Id, Email FROM Lead WHERE ConvertedOpportunityId = {quoted} LIMIT 1"
-            )
-            if rows:
-                return RecordRef("Lead", str(rows[0]["Id"])), rows[0].get("Email")
-        rows = await self._query(
-            "SELECT ContactId, Contact.Email FROM OpportunityContactRole WHERE OpportunityId = "
-            f"{quoted} ORDER BY IsPrimary DESC, CreatedDate ASC LIMIT 1"
-        )
-        if rows:
-            contact = rows[0].get("Contact") or {}
-            return RecordRef("Contact", str(rows[0]["ContactId"])), contact.get("Email")
-        return None
+            for chunk in _chunks_by_length(opportunity_ids, MAX_QUERY_CHARS):
+                quoted = ", ".join(soql_string(value) for value in chunk)
+                for row in await self._query(
+                    "SELECT Id, Email, ConvertedOpportunityId FROM Lead "
+                    f"WHERE ConvertedOpportunityId IN ({quoted}) ORDER BY CreatedDate ASC"
+                ):
+                    people.setdefault(
+                        str(row["ConvertedOpportunityId"]),
+                        (RecordRef("Lead", str(row["Id"])), row.get("Email")),
+                    )
+        rest = [value for value in opportunity_ids if value not in people]
+        for chunk in _chunks_by_length(rest, MAX_QUERY_CHARS):
+            quoted = ", ".join(soql_string(value) for value in chunk)
+            for row in await self._query(
+                "SELECT OpportunityId, ContactId, Contact.Email FROM OpportunityContactRole "
+                f"WHERE OpportunityId IN ({quoted}) ORDER BY IsPrimary DESC, CreatedDate ASC"
+            ):
+                contact = row.get("Contact") or {}
+                people.setdefault(
+                    str(row["OpportunityId"]),
+                    (RecordRef("Contact", str(row["ContactId"])), contact.get("Email")),
+                )
+        return people
 
     def _lead_outcomes(
         self, fields: Mapping[str, Any], notification_id: str | None
@@ -649,30 +671,13 @@ class SalesforceConnector(Connector):
         outcomes: list[Outcome] = []
         opportunities = await self._query(
             "SELECT Id, StageName, IsClosed, IsWon, Amount, CreatedDate, LastModifiedDate, "
-            "SystemModstamp, (SELECT ContactId, Contact.Email FROM OpportunityContactRoles "
-            "ORDER BY IsPrimary DESC, CreatedDate ASC) "
-            f"FROM Opportunity WHERE SystemModstamp > {start} ORDER BY SystemModstamp ASC"
+            f"SystemModstamp FROM Opportunity WHERE SystemModstamp > {start} "
+            "ORDER BY SystemModstamp ASC"
         )
-        converted: dict[str, dict[str, Any]] = {}
-        if self.object == "Lead" and opportunities:
-            ids = [str(row["Id"]) for row in opportunities]
-            for chunk in _chunks_by_length(ids, MAX_QUERY_CHARS):
-                quoted = ", ".join(soql_string(value) for value in chunk)
-                for lead in await self._query(
-                    "SELECT Id, Email, ConvertedOpportunityId FROM Lead "
-                    f"WHERE ConvertedOpportunityId IN ({quoted})"
-                ):
-                    converted.setdefault(str(lead["ConvertedOpportunityId"]), lead)
+        people = await self._people([str(row["Id"]) for row in opportunities])
         for row in opportunities:
             cursor = max(cursor, _parse_time(row.get("SystemModstamp")) or cursor)
-            person: tuple[RecordRef, str | None] | None = None
-            source = converted.get(str(row["Id"]))
-            roles = (row.get("OpportunityContactRoles") or {}).get("records") or []
-            if source:
-                person = RecordRef("Lead", str(source["Id"])), source.get("Email")
-            elif roles:
-                contact = roles[0].get("Contact") or {}
-                person = RecordRef("Contact", str(roles[0]["ContactId"])), contact.get("Email")
+            person = people.get(str(row["Id"]))
             if person is not None:
                 outcomes += self._opportunity_outcomes_for(row, person)
         if self.object == "Lead" and self.status_map:
@@ -786,6 +791,13 @@ class SalesforceConnector(Connector):
 
 
 # -- wire helpers -----------------------------------------------------------------------------
+
+
+def _seconds(options: Mapping[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"options.{key}: must be a number of seconds, 0 or more")
+    return float(value)
 
 
 def soql_string(value: str) -> str:
