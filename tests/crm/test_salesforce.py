@@ -548,6 +548,9 @@ def test_lead_status_notifications_become_contacted_and_accepted(org: Salesforce
         [("lead.contacted", anna, "anna@metalpro.it")],
         [("lead.accepted", anna, "anna@metalpro.it")],
     ]
+    by_hand = org.outcome_notification("new@example.com", "lead.contacted", NOTIFY_URL)[2]
+    [entered] = run(org, lambda c: c.parse_notification(inbound(by_hand)))
+    assert (entered.type, entered.email) == ("lead.contacted", "new@example.com")
     own_statuses = {"status_map": {"Working - Contacted": "lead.accepted"}}
     assert run(org, parse, options=own_statuses) == [
         [("lead.accepted", anna, "anna@metalpro.it")],

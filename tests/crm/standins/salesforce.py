@@ -375,7 +375,11 @@ class SalesforceStandIn:
         lead = self._find("Lead", email)
         if outcome in ("lead.contacted", "lead.accepted"):
             if lead is None:
-                raise ValueError(f"no Lead with {email}: contacts have no Status in Salesforce")
+                # A person entered in Salesforce by hand, never scored by us: Status lives on
+                # leads (contacts have none), so a lead is what a rep would work on.
+                lead = self.records["Lead"][
+                    self.add("Lead", LastName="Entered by hand", Company="Unknown", Email=email)
+                ]
             self._touch(
                 lead, Status="Working - Contacted" if outcome == "lead.contacted" else "Qualified"
             )
