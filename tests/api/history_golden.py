@@ -14,28 +14,31 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from tests.core.golden import make_leads
 
 from leadscore_api.api.leads import ExplainOut
 from leadscore_api.app import create_app
 from leadscore_api.config import BUNDLED_RULES_DIR, Settings
-from leadscore_api.ingest.parsing import parse_body
+from leadscore_api.ingest.parsing import IngestItem, parse_body
 from leadscore_api.scoring import ScoringEvent
 from leadscore_api.service import leads as leads_service
 from leadscore_api.service.freshness import refresh_due
-from leadscore_api.service.ingestion import ingest_events
+from leadscore_api.service.ingestion import EventResult, ingest_events
+from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.delivery_models import OutboxMessage
 from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.unit_of_work import in_transaction
-
-from ..core.golden import make_leads
 
 FIXTURE = Path(__file__).with_name("history_golden.json.gz")
 ADMIN = "golden-admin-key"
@@ -57,8 +60,14 @@ def _event(lead: int, event: ScoringEvent) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings) -> dict[str, Any]:
-    """Run the scenario on a migrated, empty database; the answers' texts, lead ids replaced."""
+def run(
+    settings: Settings,
+    before_reading: Callable[[sessionmaker[Session], RulesetRegistry], None] | None = None,
+) -> dict[str, Any]:
+    """Run the scenario on a migrated, empty database; the answers' texts, lead ids replaced.
+
+    ``before_reading`` is called once everything is written, before the answers are read.
+    """
     upgrade_database(settings.database_url)
     app = create_app(settings)
     headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -83,16 +92,19 @@ def run(settings: Settings) -> dict[str, Any]:
             newest = last if is_late else max(event.occurred_at for event, _ in batch)
             now = newest + timedelta(seconds=1)
             items, _ = parse_body({"events": [_event(lead, e) for e, lead in batch]}, 1000)
-            results = in_transaction(
-                factory,
-                lambda session, items=items, now=now: ingest_events(
-                    session, registry, items, now=now
-                ),
-            )
+
+            def ingest(
+                session: Session, items: list[IngestItem] = items, now: datetime = now
+            ) -> list[EventResult]:
+                return ingest_events(session, registry, items, now=now)
+
+            results = in_transaction(factory, ingest)
             assert all(r.status == "accepted" for r in results), results
         for days in (3, 30, 120):
             refresh_due(factory, registry, last + timedelta(days=days))
 
+        if before_reading is not None:
+            before_reading(factory, registry)
         ids: dict[str, str] = {}
         for lead in range(LEADS):
             found = client.get("/v1/leads", params={"email": f"lead{lead}@golden.example"})
@@ -121,9 +133,11 @@ def run(settings: Settings) -> dict[str, Any]:
 
 
 def _named(text: str, ids: dict[str, str]) -> str:
+    """``text`` with lead ids (random) and history row ids (in the order the sweep met the
+    leads, by id) replaced by stable names."""
     for lead_id, name in ids.items():
         text = text.replace(lead_id, name)
-    return text
+    return re.sub(r'\{"id":\d+,"changed_at"', '{"id":0,"changed_at"', text)
 
 
 def settings_for(database_url: str) -> Settings:
@@ -144,7 +158,7 @@ def _write(pg_url: str | None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         fixture["sqlite"] = run(settings_for(f"sqlite:///{folder}/golden.db"))
     if pg_url:
-        from ..conftest import reset_postgres
+        from tests.conftest import reset_postgres
 
         reset_postgres(pg_url)
         fixture["postgresql"] = run(settings_for(pg_url))

@@ -97,7 +97,9 @@ class HistoryItem(BaseModel):
     explanation: dict[str, Any]
 
     @classmethod
-    def of(cls, change: ScoreChange, event_type: str | None) -> HistoryItem:
+    def of(
+        cls, change: ScoreChange, event_type: str | None, explanation: dict[str, Any]
+    ) -> HistoryItem:
         return cls(
             id=change.id,
             changed_at=change.changed_at,
@@ -112,7 +114,7 @@ class HistoryItem(BaseModel):
             },
             previous=change.previous,
             current=change.current,
-            explanation=change.explanation,
+            explanation=explanation,
         )
 
 
@@ -224,13 +226,14 @@ def get_lead(_principal: LeadsReader, session: ReadSessionDep, lead_id: LeadId) 
 def get_history(
     _principal: LeadsReader,
     session: ReadSessionDep,
+    registry: RegistryDep,
     lead_id: LeadId,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> HistoryPage:
     """Oldest first: the event (or API action) that caused each change, the ruleset version, why."""
-    rows, next_cursor = service.history(session, lead_id, cursor, limit)
-    items = [HistoryItem.of(change, event_type) for change, event_type in rows]
+    rows, next_cursor = service.history(session, registry, lead_id, cursor, limit)
+    items = [HistoryItem.of(*row) for row in rows]
     return HistoryPage(items=items, next_cursor=next_cursor)
 
 

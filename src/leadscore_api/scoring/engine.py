@@ -16,12 +16,13 @@ Semantics that every replica, re-score and backtest must share (design §3):
 
 from __future__ import annotations
 
+import json
 import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property, lru_cache, partial
+from functools import cached_property, lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,13 +34,22 @@ from leadscore_api.scoring.conditions import (
     count_in_window,
 )
 from leadscore_api.scoring.durations import BusinessCalendar, Duration, parse_duration
-from leadscore_api.scoring.model import Ruleset
+from leadscore_api.scoring.model import (
+    AllCondition,
+    AnyCondition,
+    AtLeastCondition,
+    FieldCondition,
+    NotCondition,
+    Ruleset,
+)
 
 _LN2 = math.log(2.0)
 #: The CRM event that says a follow-up was done: the next one counts from it.
 FOLLOW_UP_DONE = "lead.contacted"
 #: The longest wait before fading points are looked at again (see ``Scorer.next_change``).
 _MAX_DECAY_STEP = 86400.0
+#: The layout of :attr:`ScoreResult.explanation_inputs`, stored under the key ``"inputs"``.
+EXPLANATION_INPUTS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,15 +314,28 @@ class ScoreResult:
     attributes: dict[str, Any]
     sla: list[dict[str, Any]]
     requalify_due: datetime | None
+    #: The values the explanation is built from (see :meth:`Scorer.render_explanation`).
     explainer: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
+    #: ``Scorer.render_explanation`` of the ruleset that made this result.
+    renderer: Callable[[Mapping[str, Any]], dict[str, Any]] = field(repr=False, compare=False)
     #: The tier workflow's next follow-up: ``due`` (RFC 3339), ``action``, ``anchor`` (when the
     #: count started: entering the tier or the last contact) and ``every`` for recurring ones.
     follow_up: dict[str, Any] | None = None
 
     @cached_property
+    def explanation_inputs(self) -> dict[str, Any]:
+        """The few JSON values :attr:`explanation` is rendered from, with the same ruleset.
+
+        A history row stores these instead of the explanation (a tenth of the size, and no
+        text built unless someone reads the row); :meth:`Scorer.render_explanation` turns them
+        into exactly the explanation this result gives.
+        """
+        return self.explainer()
+
+    @cached_property
     def explanation(self) -> dict[str, Any]:
         """Why the lead has this score (built on first use: most results are never explained)."""
-        return self.explainer()
+        return self.renderer(self.explanation_inputs)
 
     def summary(self) -> dict[str, Any]:
         """What the service keeps on the lead row and compares to find transitions."""
@@ -390,6 +413,7 @@ class Scorer:
         self.components: list[_Component] = []
         self.actions: list[_Action] = []
         self.component_index: dict[str, int] = {}
+        explained_counts: list[int] = []
         for c_index, (name, spec) in enumerate(ruleset.components.items()):
             self.component_index[name] = c_index
             criteria = [
@@ -419,9 +443,11 @@ class Scorer:
                     assert spec.decay.expire_after is not None
                     expire = parse_duration(spec.decay.expire_after).seconds
                     decay_text = f"expires after {spec.decay.expire_after}"
+            first_count = len(self.counts)
             requires = (
                 compile_condition(spec.requires, self.counts) if spec.requires is not None else None
             )
+            explained_counts.extend(range(first_count, len(self.counts)))
             self.components.append(
                 _Component(
                     c_index,
@@ -450,9 +476,23 @@ class Scorer:
             _Stage(name, compile_condition(s.when, self.counts), s.demote)
             for name, s in ruleset.stages.items()
         ]
+        first_count = len(self.counts)
         self.routing = [
             (rule.owner, compile_condition(rule.when, self.counts)) for rule in ruleset.routing
         ]
+        explained_counts.extend(range(first_count, len(self.counts)))
+        #: What an explanation's texts read besides the result: the counters of the gates and
+        #: routing rules, and the attributes their conditions and the criteria name.
+        self._explained_counts = explained_counts
+        fields: set[str] = set()
+        for spec in ruleset.components.values():
+            for criterion in spec.criteria:
+                _fields_read(criterion.when, fields)
+            if spec.requires is not None:
+                _fields_read(spec.requires, fields)
+        for rule in ruleset.routing:
+            _fields_read(rule.when, fields)
+        self._explained_fields = sorted(fields)
         self.counts_by_type: dict[str, list[CountSpec]] = {}
         for count in self.counts:
             for event_type in count.types:
@@ -818,8 +858,8 @@ class Scorer:
         tier_since = state.tier_since
         if measure.tier != state.tier:
             tier_since = self._crossing(state, now, measure.tier)
-        next_action, due, action_reason = self._next_action(measure, tier_since)
-        owner, owner_rule, owner_reason = self._owner(ctx)
+        next_action, due, _ = self._next_action(measure, tier_since)
+        owner, owner_rule = self._owner(ctx)
         ruleset = self.ruleset
         requalify = None
         if ruleset.workflows and measure.tier in ruleset.workflows and tier_since is not None:
@@ -852,30 +892,9 @@ class Scorer:
         if view is None:
             view = _View(state)
             state._view = weakref.ref(view)
-        components = ctx.components
 
         def explainer() -> dict[str, Any]:
-            frozen = view.state
-            frozen_ctx = Context(
-                frozen.attributes,
-                score=measure.score,
-                letter=measure.letter,
-                tier=measure.tier,
-                components=components,
-                counts=frozen,
-                now=now,
-            )
-            return self._explain(
-                frozen,
-                measure,
-                frozen_ctx,
-                now,
-                stage,
-                next_action,
-                action_reason,
-                owner,
-                owner_rule(frozen_ctx) if owner_rule is not None else owner_reason,
-            )
+            return self._explanation_inputs(view.state, measure, now, stage, tier_since, owner_rule)
 
         return ScoreResult(
             ruleset=ruleset.ruleset,
@@ -897,6 +916,7 @@ class Scorer:
             sla=slas,
             requalify_due=_dt(requalify),
             explainer=explainer,
+            renderer=self.render_explanation,
             follow_up=follow_up,
         )
 
@@ -1031,31 +1051,90 @@ class Scorer:
             return workflow.action, due, reason
         return None, None, None
 
-    def _owner(
-        self, ctx: Context
-    ) -> tuple[str | None, Callable[[Context], str] | None, str | None]:
-        """The owner, and why: the matching routing rule's words (built when the explanation
-        is read), or a fixed reason."""
+    def _owner(self, ctx: Context) -> tuple[str | None, int | None]:
+        """The owner, and the index of the routing rule that chose it (None: the default)."""
         for i, (owner, rule) in enumerate(self.routing):
             if rule.test(ctx):
-                return owner, partial(_routing_reason, i + 1, rule), None
+                return owner, i
         if self.ruleset.default_owner:
-            return self.ruleset.default_owner, None, "no routing rule matched: default owner"
-        return None, None, None
+            return self.ruleset.default_owner, None
+        return None, None
 
-    def _explain(
+    def _explanation_inputs(
         self,
         state: LeadState,
         measure: _Measure,
-        ctx: Context,
         now: float,
         stage: str,
-        next_action: str | None,
-        action_reason: str | None,
-        owner: str | None,
-        owner_reason: str | None,
+        tier_since: float | None,
+        owner_rule: int | None,
     ) -> dict[str, Any]:
-        attr_ctx = Context(state.attributes)
+        """What :meth:`render_explanation` needs of the state, as JSON values: the attributes
+        the explained conditions read, the counts their gates and routing rules read, each
+        counted action's points, and the stages reached. No text is built here."""
+        attributes = state.attributes
+        actions: list[list[Any]] = []
+        for component in self.components:
+            for action in component.actions:
+                slot = state.actions[action.index]
+                if not slot[2] and not slot[3]:
+                    continue
+                if component.half_life is not None:
+                    points = slot[0] * math.exp(-(now - slot[1]) * _LN2 / component.half_life)
+                elif component.expire_after is not None:
+                    cutoff = now - component.expire_after
+                    points = sum(
+                        p for ts, p in state.live.get(action.index, ()) if cutoff < ts <= now
+                    )
+                else:
+                    points = slot[0]
+                actions.append([action.index, round(points, 4), slot[2], slot[3]])
+        counts = self.counts
+        explained = {k: attributes[k] for k in self._explained_fields if k in attributes}
+        inputs: dict[str, Any] = {
+            "inputs": EXPLANATION_INPUTS,
+            "now": now,
+            "score": measure.score,
+            "exact": measure.exact,
+            "letter": measure.letter,
+            "tier": measure.tier,
+            "values": list(measure.values),
+            "raw": list(measure.raw),
+            "gates": list(measure.gates),
+            "attributes": explained,
+            "counts": [state.event_count(counts[i], now) for i in self._explained_counts],
+            "actions": actions,
+            "stages": dict(state.stages),
+            "stage": stage,
+            "tier_since": tier_since,
+            "owner_rule": owner_rule,
+        }
+        if not _portable(explained):
+            # The texts show these values as the engine has them: kept as JSON text.
+            inputs["attributes"] = None
+            inputs["attributes_text"] = json.dumps(explained)
+        return inputs
+
+    def render_explanation(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """The explanation of a result from its :attr:`ScoreResult.explanation_inputs` (read
+        back from storage or not): the same dict, key for key, the result itself gives."""
+        now: float = inputs["now"]
+        measure = _Measure(
+            inputs["values"],
+            inputs["raw"],
+            inputs["gates"],
+            inputs["exact"],
+            inputs["score"],
+            inputs["letter"],
+            inputs["tier"],
+        )
+        attributes: Mapping[str, Any] | None = inputs["attributes"]
+        if attributes is None:
+            attributes = json.loads(inputs["attributes_text"])
+        counts = _StoredCounts(dict(zip(self._explained_counts, inputs["counts"], strict=True)))
+        named = dict(zip(self._names, measure.values, strict=True))
+        attr_ctx = Context(attributes)
+        counted = {index: (points, n, over) for index, points, n, over in inputs["actions"]}
         components: dict[str, Any] = {}
         for component in self.components:
             rules: list[dict[str, Any]] = []
@@ -1070,25 +1149,16 @@ class Scorer:
                         }
                     )
             for action in component.actions:
-                slot = state.actions[action.index]
-                if not slot[2] and not slot[3]:
+                found = counted.get(action.index)
+                if found is None:
                     continue
-                if component.half_life is not None:
-                    points = slot[0] * math.exp(-(now - slot[1]) * _LN2 / component.half_life)
-                elif component.expire_after is not None:
-                    cutoff = now - component.expire_after
-                    points = sum(
-                        p for ts, p in state.live.get(action.index, ()) if cutoff < ts <= now
-                    )
-                else:
-                    points = slot[0]
                 entry: dict[str, Any] = {
                     "rule": action.id,
                     "kind": "action",
-                    "points": round(points, 4),
+                    "points": found[0],
                     "points_each": action.points,
-                    "events_counted": slot[2],
-                    "events_over_limit": slot[3],
+                    "events_counted": found[1],
+                    "events_over_limit": found[2],
                 }
                 if component.decay_text:
                     entry["decay"] = component.decay_text
@@ -1102,9 +1172,7 @@ class Scorer:
                 "rules": rules,
             }
             if component.requires is not None:
-                gate_ctx = Context(
-                    state.attributes, components=ctx.components, counts=state, now=now
-                )
+                gate_ctx = Context(attributes, components=named, counts=counts, now=now)
                 info["gate"] = {
                     "holds": bool(gate),
                     "because": component.requires.describe(gate_ctx),
@@ -1136,21 +1204,84 @@ class Scorer:
                 "because": f"score {measure.score} ≥ {threshold:g}",
             }
         explanation["stage"] = {
-            "value": stage,
+            "value": inputs["stage"],
             "reached": {
                 name: {
                     "at": _iso(info["at"]),
                     "event_id": info["event_id"],
                     "because": info["because"],
                 }
-                for name, info in state.stages.items()
+                for name, info in inputs["stages"].items()
             },
         }
+        next_action, _, action_reason = self._next_action(measure, inputs["tier_since"])
         if next_action is not None:
             explanation["next_action"] = {"value": next_action, "because": action_reason}
-        if owner is not None:
-            explanation["owner"] = {"value": owner, "because": owner_reason}
+        owner_rule: int | None = inputs["owner_rule"]
+        if owner_rule is not None:
+            owner, rule = self.routing[owner_rule]
+            ctx = Context(
+                attributes,
+                score=measure.score,
+                letter=measure.letter,
+                tier=measure.tier,
+                components=named,
+                counts=counts,
+                now=now,
+            )
+            explanation["owner"] = {
+                "value": owner,
+                "because": _routing_reason(owner_rule + 1, rule, ctx),
+            }
+        elif self.ruleset.default_owner:
+            explanation["owner"] = {
+                "value": self.ruleset.default_owner,
+                "because": "no routing rule matched: default owner",
+            }
         return explanation
+
+
+class _StoredCounts:
+    """Event counts read back with an explanation's inputs, in place of the lead state."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: dict[int, int]) -> None:
+        self.counts = counts
+
+    def event_count(self, spec: CountSpec, now: float) -> int:
+        return self.counts[spec.index]
+
+
+def _portable(value: Any) -> bool:
+    """Whether every JSON store gives ``value`` back as it is: PostgreSQL's ``jsonb`` keeps
+    numbers as decimals, so ``-0.0`` and floats of 1e16 or more would come back changed."""
+    kind = type(value)
+    if kind is float:
+        return 0.0 < abs(value) < 1e16 or (math.copysign(1.0, value) > 0.0 and value == 0.0)
+    if kind is dict:
+        return all(_portable(item) for item in value.values())
+    if kind is list:
+        return all(_portable(item) for item in value)
+    return True
+
+
+def _fields_read(condition: Any, fields: set[str]) -> None:
+    """Add the attributes ``condition`` reads to ``fields`` (an event condition's ``where``
+    reads the event, and its words are fixed when compiled)."""
+    if isinstance(condition, FieldCondition):
+        fields.add(condition.field)
+    elif isinstance(condition, AllCondition):
+        for part in condition.all:
+            _fields_read(part, fields)
+    elif isinstance(condition, AnyCondition):
+        for part in condition.any:
+            _fields_read(part, fields)
+    elif isinstance(condition, AtLeastCondition):
+        for part in condition.of:
+            _fields_read(part, fields)
+    elif isinstance(condition, NotCondition):
+        _fields_read(condition.not_, fields)
 
 
 def _routing_reason(number: int, rule: Compiled, ctx: Context) -> str:

@@ -7,12 +7,12 @@ dashboard shows: who to call today, and how one lead's score moved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from leadscore_api.service import reports
+from leadscore_api.service import explanations, reports
 from leadscore_api.service.leads import get_lead
 from leadscore_api.service.report_cache import ReportCache
 from leadscore_api.service.rulesets import RulesetRegistry
@@ -89,8 +89,13 @@ def lead_page(session: Session, registry: RulesetRegistry, lead_id: str) -> Lead
     """The lead (LeadNotFound if none) and its changes under the primary model."""
     lead = get_lead(session, lead_id)
     model = registry.primary_name
-    return LeadPage(
-        lead=lead,
-        model=model,
-        timeline=dashboard_repo.timeline(session, lead.id, model, TIMELINE_LIMIT),
-    )
+    timeline = [
+        replace(
+            row,
+            explanation=explanations.render(
+                session, registry, row.ruleset_name, row.ruleset_sha256, row.explanation
+            ),
+        )
+        for row in dashboard_repo.timeline(session, lead.id, model, TIMELINE_LIMIT)
+    ]
+    return LeadPage(lead=lead, model=model, timeline=timeline)

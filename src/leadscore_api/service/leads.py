@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from leadscore_api.errors import BadCursor, InvalidInput, LeadNotFound
 from leadscore_api.ingest.events import normalise_email
 from leadscore_api.scoring import LeadState, ScoringEvent
-from leadscore_api.service import delivery
+from leadscore_api.service import delivery, explanations
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.scoring import PendingWrites, score_lead
 from leadscore_api.storage.base import utcnow
@@ -98,9 +98,10 @@ def list_leads(
 
 
 def history(
-    session: Session, lead_id: str, cursor: str | None, limit: int
-) -> tuple[list[tuple[ScoreChange, str | None]], str | None]:
-    """The lead's changes, oldest first, each with the type of the event that caused it."""
+    session: Session, registry: RulesetRegistry, lead_id: str, cursor: str | None, limit: int
+) -> tuple[list[tuple[ScoreChange, str | None, dict[str, Any]]], str | None]:
+    """The lead's changes, oldest first, each with the type of the event that caused it and
+    its explanation (rendered from the row's inputs)."""
     get_lead(session, lead_id)
     after_id: int | None = None
     if cursor is not None:
@@ -113,7 +114,16 @@ def history(
     if len(rows) > limit:
         rows = rows[:limit]
         next_cursor = encode_cursor("history", [rows[-1][0].id])
-    return rows, next_cursor
+    return [
+        (
+            change,
+            event_type,
+            explanations.render(
+                session, registry, change.ruleset_name, change.ruleset_sha256, change.explanation
+            ),
+        )
+        for change, event_type in rows
+    ], next_cursor
 
 
 def explain(

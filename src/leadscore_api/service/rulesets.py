@@ -262,6 +262,17 @@ class RulesetRegistry:
                 )
         self._checked_at = time.monotonic()
 
+    def stored(self, session: Session, name: str, sha256: str) -> LoadedRuleset | None:
+        """Any stored version of ``name`` by its text's sha256, compiled once per process
+        (history rows name the version that wrote them, active or not); None if not stored."""
+        loaded = self._compiled.get(sha256)
+        if loaded is None:
+            record = rulesets_repo.find(session, name, sha256)
+            if record is None:
+                return None
+            loaded = self._compile(record)
+        return loaded
+
     def _compile(self, record: RulesetRecord) -> LoadedRuleset:
         loaded = self._compiled.get(record.sha256)
         if loaded is None:

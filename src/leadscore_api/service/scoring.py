@@ -326,7 +326,8 @@ def _record_changes(
             continue
         event_id = step.event.id if step.event is not None else None
         changed_at = step.event.occurred_at if step.event is not None and cause == "event" else now
-        explanation = step.result.explanation
+        # What the explanation is rendered from when the row is read (service/explanations.py).
+        explanation = step.result.explanation_inputs
         if cause == "time":
             explanation = {**explanation, "because": _time_reason(loaded, before, summary)}
         if is_primary:

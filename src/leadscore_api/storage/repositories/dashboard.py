@@ -64,6 +64,7 @@ class TimelineRow:
     event_type: str | None
     ruleset_name: str
     ruleset_version: int
+    ruleset_sha256: str
     previous: dict[str, Any] | None
     current: dict[str, Any]
     explanation: dict[str, Any]
@@ -86,6 +87,7 @@ def timeline(session: Session, lead_id: str, ruleset_name: str, limit: int) -> l
             event_type=event_type,
             ruleset_name=change.ruleset_name,
             ruleset_version=change.ruleset_version,
+            ruleset_sha256=change.ruleset_sha256,
             previous=change.previous,
             current=change.current,
             explanation=change.explanation,

@@ -1,0 +1,95 @@
+"""History rows store the inputs of their explanation and render it when read: every answer
+that shows an explanation is the same text, byte for byte, as before the change (see
+``history_golden.py``), on SQLite and on PostgreSQL, and rows written before the change (the
+explanation itself) are served as they are, next to new ones."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+from tests.api.helpers import BIG_MANUFACTURER, event
+from tests.api.history_golden import FIXTURE, run, settings_for
+from tests.conftest import TEST_ADMIN_KEY
+
+from leadscore_api.service import explanations
+from leadscore_api.service.rulesets import RulesetRegistry
+from leadscore_api.storage.models import ScoreChange
+
+EXPECTED: dict[str, Any] = json.loads(gzip.decompress(FIXTURE.read_bytes()))
+
+
+def _expected(database_url: str) -> dict[str, Any]:
+    backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
+    answers: dict[str, Any] = EXPECTED[backend]
+    return answers
+
+
+def _assert_same_history(answers: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert answers["history"].keys() == expected["history"].keys()
+    for lead, text in expected["history"].items():
+        assert answers["history"][lead] == text, lead
+
+
+def test_answers_are_the_texts_the_code_before_gave(database_url: str) -> None:
+    stored_forms: list[bool] = []
+
+    def look(factory: sessionmaker[Session], registry: RulesetRegistry) -> None:
+        with factory() as session:
+            for stored in session.scalars(select(ScoreChange.explanation)):
+                stored_forms.append(explanations.is_inputs(stored))
+
+    answers = run(settings_for(database_url), look)
+    assert len(stored_forms) > 300 and all(stored_forms)
+    expected = _expected(database_url)
+    _assert_same_history(answers, expected)
+    assert answers["explain"] == expected["explain"]
+    assert answers["webhooks"] == expected["webhooks"]
+
+
+def test_rows_that_store_the_explanation_itself_are_served_as_stored(database_url: str) -> None:
+    def to_old_form(factory: sessionmaker[Session], registry: RulesetRegistry) -> None:
+        """Every other row holds its explanation, as the code before the change wrote it."""
+        with factory.begin() as session:
+            rows = session.execute(
+                select(
+                    ScoreChange.id,
+                    ScoreChange.ruleset_name,
+                    ScoreChange.ruleset_sha256,
+                    ScoreChange.explanation,
+                ).where(ScoreChange.id % 2 == 0)
+            ).all()
+            for change_id, name, sha256, stored in rows:
+                explained = explanations.render(session, registry, name, sha256, stored)
+                assert not explanations.is_inputs(explained)
+                session.execute(
+                    update(ScoreChange)
+                    .where(ScoreChange.id == change_id)
+                    .values(explanation=explained)
+                )
+
+    _assert_same_history(run(settings_for(database_url), to_old_form), _expected(database_url))
+
+
+def test_the_dashboards_lead_page_shows_the_rendered_explanation(client: TestClient) -> None:
+    response = client.post(
+        "/v1/events", json=event("form.submitted", id="dash-1", attributes=BIG_MANUFACTURER)
+    )
+    assert response.status_code == 200, response.text
+    lead_id = response.json()["results"][0]["lead_id"]
+    signed_in = client.post(
+        "/dashboard/login",
+        data={"key": TEST_ADMIN_KEY},
+        headers={"Origin": "http://testserver"},
+        follow_redirects=False,
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    page = client.get(f"/dashboard/leads/{lead_id}")
+    assert page.status_code == 200, page.text
+    changes = page.text[page.text.index('id="changes"') :]
+    assert "sum of components, clamped to 0–100, rounded half up" in changes
+    assert "owner_rule" not in changes and "tier_since" not in changes
