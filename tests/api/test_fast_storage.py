@@ -24,6 +24,7 @@ from leadscore_api.storage.repositories import snapshots as snapshots_repo
 from leadscore_api.storage.repositories import timers as timers_repo
 from leadscore_api.storage.repositories.leads import LeadData, ScoreData
 from leadscore_api.storage.snapshot_models import ScoreSnapshot
+from leadscore_api.storage.unit_of_work import RetryTransaction
 
 #: Not UTC, with microseconds: both must come back as the same instant, aware, in UTC.
 ROME = timezone(timedelta(hours=1))
@@ -223,6 +224,9 @@ def test_fast_updates_store_what_sqlalchemy_stored(
 ) -> None:
     with session_factory() as session, session.begin():
         _write_both_ways(session)
+        # Lead c is updated with lead b in one call: one statement for both on PostgreSQL.
+        leads_repo.insert_leads(session, [LeadData(**_lead("lead_c", "c@x.it"))])
+        leads_repo.write_scores(session, [ScoreData(**{**_score("lead_c"), "is_new": True})])
     changed = {
         "attributes": {**ATTRIBUTES, "nuovo": "sì", "huge": 10**30},
         "components": {"fit": 1.5},
@@ -237,15 +241,16 @@ def test_fast_updates_store_what_sqlalchemy_stored(
         row_a = {**_lead("lead_a", "a@x.it"), **changed}
         params = {f: row_a[f] for f in leads_repo._LEAD_FIELDS}
         session.connection().execute(
-            leads_repo._UPDATE_LEADS,
+            leads_repo._FAST_UPDATE_LEADS.statement,
             [{"b_id": "lead_a", "b_version": 1, "new_version": 2, **params}],
         )
         lead_b = LeadData(**{**_lead("lead_b", "b@x.it"), **changed}, dirty=True)
-        leads_repo.write_leads(session, [lead_b])
-        assert lead_b.version == 2
+        lead_c = LeadData(**{**_lead("lead_c", "c@x.it"), **changed}, dirty=True)
+        leads_repo.write_leads(session, [lead_b, lead_c])
+        assert lead_b.version == lead_c.version == 2
         score_a = {**_score("lead_a"), "state": {"n_events": 2}, "updated_at": LATER}
         session.connection().execute(
-            leads_repo._UPDATE_SCORES,
+            leads_repo._FAST_UPDATE_SCORES.statement,
             [
                 {
                     "b_lead_id": "lead_a",
@@ -258,14 +263,36 @@ def test_fast_updates_store_what_sqlalchemy_stored(
         )
         leads_repo.write_scores(
             session,
-            [ScoreData(**{**_score("lead_b"), "state": {"n_events": 2}, "updated_at": LATER})],
+            [
+                ScoreData(**{**_score(lead_id), "state": {"n_events": 2}, "updated_at": LATER})
+                for lead_id in ("lead_b", "lead_c")
+            ],
         )
     with session_factory() as session:
-        _compare(session, Lead, Lead.id, "lead_a", "lead_b")
-        _compare(session, LeadScore, LeadScore.lead_id, "lead_a", "lead_b")
-        lead = session.get(Lead, "lead_b")
-        assert lead is not None and lead.version == 2
-        assert lead.attributes["huge"] == 10**30
+        for fast in ("lead_b", "lead_c"):
+            _compare(session, Lead, Lead.id, "lead_a", fast)
+            _compare(session, LeadScore, LeadScore.lead_id, "lead_a", fast)
+            lead = session.get(Lead, fast)
+            assert lead is not None and lead.version == 2
+            assert lead.attributes["huge"] == 10**30
+
+
+def test_an_update_of_many_rows_that_meets_a_changed_row_is_retried_whole(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with session_factory() as session, session.begin():
+        leads_repo.insert_leads(
+            session, [LeadData(**_lead(f"lead_{n}", f"{n}@x.it")) for n in range(3)]
+        )
+    with pytest.raises(RetryTransaction), session_factory() as session, session.begin():
+        leads = [
+            LeadData(**{**_lead(f"lead_{n}", f"{n}@x.it"), "score": 9}, dirty=True)
+            for n in range(3)
+        ]
+        leads[1].version = 7  # another writer moved it on meanwhile
+        leads_repo.write_leads(session, leads)
+    with session_factory() as session:
+        assert {lead.score for lead in session.scalars(select(Lead))} == {42}
 
 
 def test_fast_reads_return_what_the_orm_reads(session_factory: sessionmaker[Session]) -> None:

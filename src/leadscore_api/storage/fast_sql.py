@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, Connection, Table, bindparam, insert
+from sqlalchemy import JSON, Connection, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.selectable import SelectBase
 from sqlalchemy.types import TypeEngine
@@ -298,6 +299,84 @@ class FastInsert:
         if defaults:
             rows = [{**row, **{name: _default(d) for name, d in defaults}} for row in rows]
         statement.executemany(session, rows)
+
+
+class BulkUpdate:
+    """``UPDATE`` of many rows of one table, each found by its key and guarded by its version.
+
+    On PostgreSQL (psycopg) it is one statement for all the rows: the values go as one array
+    per column and ``unnest`` turns them back into rows to join on, so the server plans and
+    runs one statement and the client sends one message, whatever the number of rows (with
+    ``executemany`` psycopg sends and the server runs one statement per row). The text does
+    not depend on the number of rows, so psycopg prepares it once per connection. Elsewhere,
+    and when two rows would update the same one, it is ``executemany`` of the same update.
+
+    ``match`` pairs parameter names with the key (and version) columns they must equal;
+    ``values`` pairs the columns to set with their parameter names.
+    """
+
+    def __init__(
+        self, table: Table, match: Sequence[tuple[str, str]], values: Sequence[tuple[str, str]]
+    ) -> None:
+        self.table = table
+        self.match = list(match)
+        self.values = list(values)
+        self.key = [name for name, column in self.match if column != "version"]
+        #: The same update as a Core statement (what other dialects run, row by row).
+        self.statement: Update = (
+            update(table)
+            .where(*(table.c[column] == bindparam(name) for name, column in self.match))
+            .values({column: bindparam(name) for column, name in self.values})
+        )
+        self.fallback = FastStatement(self.statement)
+        self._pg: tuple[str, list[tuple[str, Converter]]] | None = None
+
+    def _postgres(self, dialect: Dialect) -> tuple[str, list[tuple[str, Converter]]]:
+        if self._pg is not None:
+            return self._pg
+        quote = dialect.identifier_preparer.quote
+        table = quote(self.table.name)
+        names = [name for name, _ in self.match] + [name for _, name in self.values]
+        columns = [self.table.c[c] for _, c in self.match] + [
+            self.table.c[c] for c, _ in self.values
+        ]
+        arrays = ", ".join(f"%b::{column.type.compile(dialect=dialect)}[]" for column in columns)
+        sql = (
+            f"UPDATE {table} SET "
+            + ", ".join(f"{quote(column)} = v.{name}" for column, name in self.values)
+            + f" FROM unnest({arrays}) AS v({', '.join(names)}) WHERE "
+            + " AND ".join(f"{table}.{quote(column)} = v.{name}" for name, column in self.match)
+        )
+        plan = [
+            (name, _bind_converter(column.type, dialect))
+            for name, column in zip(names, columns, strict=True)
+        ]
+        self._pg = (sql, plan)
+        return self._pg
+
+    def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Update every row; the number of rows changed (-1 if the driver cannot tell)."""
+        if not rows:
+            return 0
+        connection = session.connection()
+        dialect = connection.dialect
+        if len(rows) == 1 or (dialect.name, dialect.driver) != ("postgresql", "psycopg"):
+            return self.fallback.executemany(session, rows)
+        if len({tuple(row[name] for name in self.key) for row in rows}) < len(rows):
+            return self.fallback.executemany(session, rows)
+        sql, plan = self._postgres(dialect)
+        params = [
+            [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
+            for name, convert in plan
+        ]
+        cursor = _cursor(connection)
+        try:
+            cursor.execute(sql, params)
+            return int(cursor.rowcount)
+        except dialect.loaded_dbapi.Error as exc:
+            raise _wrap(sql, params, exc, dialect) from exc
+        finally:
+            cursor.close()
 
 
 def _default(column_default: Any) -> Any:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from leadscore_api.scoring import ScoringEvent
 from leadscore_api.storage.base import Base
-from leadscore_api.storage.fast_sql import FastInsert, FastStatement
+from leadscore_api.storage.fast_sql import BulkUpdate, FastInsert, FastStatement
 from leadscore_api.storage.models import (
     IDENTITY_EMAIL,
     IDENTITY_EXTERNAL_ID,
@@ -155,20 +155,6 @@ def new_lead(lead_id: str, email: str | None, external_id: str | None, now: date
 # Statements are built once: building them per request (clause coercion, cache keys) cost
 
 
-_UPDATE_LEADS = (
-    update(LEADS_TABLE)
-    .where(LEADS_TABLE.c.id == bindparam("b_id"), LEADS_TABLE.c.version == bindparam("b_version"))
-    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _LEAD_FIELDS})
-)
-_UPDATE_SCORES = (
-    update(SCORES_TABLE)
-    .where(
-        SCORES_TABLE.c.lead_id == bindparam("b_lead_id"),
-        SCORES_TABLE.c.ruleset_name == bindparam("b_name"),
-        SCORES_TABLE.c.version == bindparam("b_version"),
-    )
-    .values(version=bindparam("new_version"), **{f: bindparam(f) for f in _SCORE_FIELDS})
-)
 _LOCK_LEADS = (
     select(LEADS_TABLE)
     .where(LEADS_TABLE.c.id.in_(bindparam("ids", expanding=True)))
@@ -204,8 +190,16 @@ _FAST_INSERT_IDENTITIES = FastInsert(IDENTITIES_TABLE)
 _FAST_INSERT_OUTCOMES = FastInsert(OUTCOMES_TABLE)
 _FAST_INSERT_HISTORY = FastInsert(HISTORY_TABLE)
 _FAST_INSERT_SCORES = FastInsert(SCORES_TABLE)
-_FAST_UPDATE_LEADS = FastStatement(_UPDATE_LEADS)
-_FAST_UPDATE_SCORES = FastStatement(_UPDATE_SCORES)
+_FAST_UPDATE_LEADS = BulkUpdate(
+    LEADS_TABLE,
+    [("b_id", "id"), ("b_version", "version")],
+    [("version", "new_version"), *((f, f) for f in _LEAD_FIELDS)],
+)
+_FAST_UPDATE_SCORES = BulkUpdate(
+    SCORES_TABLE,
+    [("b_lead_id", "lead_id"), ("b_name", "ruleset_name"), ("b_version", "version")],
+    [("version", "new_version"), *((f, f) for f in _SCORE_FIELDS)],
+)
 _FAST_LOCK_LEADS = FastStatement(_LOCK_LEADS)
 _FAST_LOAD_SCORES = FastStatement(_LOAD_SCORES)
 _FAST_LOOKUP = FastStatement(_LOOKUP)
