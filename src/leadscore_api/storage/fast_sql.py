@@ -308,8 +308,10 @@ class BulkUpdate:
     per column and ``unnest`` turns them back into rows to join on, so the server plans and
     runs one statement and the client sends one message, whatever the number of rows (with
     ``executemany`` psycopg sends and the server runs one statement per row). The text does
-    not depend on the number of rows, so psycopg prepares it once per connection. Elsewhere,
-    and when two rows would update the same one, it is ``executemany`` of the same update.
+    not depend on the number of rows, so psycopg prepares it once per connection. The arrays
+    go in binary form (``%b``): as text, every quote of the JSON values is escaped, which cost
+    more client CPU than the statements saved (measured). Elsewhere, and when two rows would
+    update the same one, it is ``executemany`` of the same update.
 
     ``match`` pairs parameter names with the key (and version) columns they must equal;
     ``values`` pairs the columns to set with their parameter names.
