@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.storage.base import Base
 from leadscore_api.storage.delivery_models import LeadTimer
-from leadscore_api.storage.models import Event, Lead, LeadIdentity, LeadScore, ScoreChange
+from leadscore_api.storage.models import Event, Lead, LeadIdentity, LeadScore, Outcome, ScoreChange
 from leadscore_api.storage.repositories import leads as leads_repo
 from leadscore_api.storage.repositories import snapshots as snapshots_repo
 from leadscore_api.storage.repositories import timers as timers_repo
@@ -360,3 +360,48 @@ def test_rows_inserted_together_store_what_sqlalchemy_stored(
             _compare(session, Event, Event.id, f"sa-{k}", f"fast-{k}")
         fast = session.get(Event, "fast-2")
         assert fast is not None and fast.properties["big"] == 2**64 + 2
+
+
+def test_fast_inserts_of_many_rows_store_what_sqlalchemy_stored(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Several rows per call (one statement on PostgreSQL), in order, JSON nulls included."""
+    history = [
+        {**_history(lead), "previous": None if n == 0 else SUMMARY, "event_id": None}
+        for n, lead in enumerate(["lead_a"] * 3)
+    ]
+    outcomes: list[dict[str, Any]] = [
+        {"event_id": f"o{n}", "type": "deal.won", "occurred_at": AT, "source": None, "amount": a}
+        for n, a in enumerate([100, 2.5, None])
+    ]
+    with session_factory() as session, session.begin():
+        leads_repo.insert_leads(
+            session, [LeadData(**_lead(lead, f"{lead}@x.it")) for lead in ("lead_a", "lead_b")]
+        )
+        connection = session.connection()
+        connection.execute(insert(_table(ScoreChange)), history)
+        leads_repo.insert_history(session, [{**row, "lead_id": "lead_b"} for row in history])
+        connection.execute(insert(_table(Event)), [_event(f"a{n}", "lead_a") for n in range(3)])
+        leads_repo.insert_events(session, [_event(f"b{n}", "lead_b") for n in range(3)])
+        connection.execute(
+            insert(_table(Outcome)), [{**row, "lead_id": "lead_a"} for row in outcomes]
+        )
+        leads_repo.insert_outcomes(
+            session,
+            [{**row, "event_id": "b" + row["event_id"], "lead_id": "lead_b"} for row in outcomes],
+        )
+    with session_factory() as session:
+        for model, order in (
+            (ScoreChange, ScoreChange.id),
+            (Event, Event.id),
+            (Outcome, Outcome.id),
+        ):
+            table = _table(model)
+            names = [c.name for c in table.columns if c.name not in _KEYS | {"event_id"}]
+            by_lead: dict[str, list[Any]] = {"lead_a": [], "lead_b": []}
+            for row in session.execute(
+                select(table.c.lead_id, *[cast(table.c[n], Text) for n in names]).order_by(order)
+            ):
+                by_lead[row[0]].append(tuple(row[1:]))
+            assert len(by_lead["lead_a"]) == 3
+            assert by_lead["lead_a"] == by_lead["lead_b"], model.__name__

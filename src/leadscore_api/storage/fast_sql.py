@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, Connection, Table, bindparam, insert, update
+from sqlalchemy import JSON, Connection, Float, Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -270,6 +270,7 @@ class FastInsert:
     def __init__(self, table: Table) -> None:
         self.table = table
         self._by_columns: dict[frozenset[str], tuple[FastStatement, list[tuple[str, Any]]]] = {}
+        self._pg: dict[tuple[str, ...], tuple[str, list[Converter]]] = {}
 
     def _statement(self, keys: Iterable[str]) -> tuple[FastStatement, list[tuple[str, Any]]]:
         given = frozenset(keys)
@@ -298,7 +299,56 @@ class FastInsert:
         statement, defaults = self._statement(rows[0].keys())
         if defaults:
             rows = [{**row, **{name: _default(d) for name, d in defaults}} for row in rows]
-        statement.executemany(session, rows)
+        connection = session.connection()
+        dialect = connection.dialect
+        if len(rows) > 1 and (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
+            self._unnest(connection, dialect, rows)
+        else:
+            statement.executemany(session, rows)
+
+    def _unnest(
+        self, connection: Connection, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """One ``INSERT ... SELECT FROM unnest(...)`` of binary arrays, one per column (see
+        :class:`BulkUpdate`), the rows inserted in the given order."""
+        names = tuple(rows[0].keys())
+        found = self._pg.get(names)
+        if found is None:
+            quote = dialect.identifier_preparer.quote
+            columns = [self.table.c[name] for name in names]
+            arrays = ", ".join(f"%b::{c.type.compile(dialect=dialect)}[]" for c in columns)
+            listed = ", ".join(quote(name) for name in names)
+            aliases = ", ".join(f"c{i}" for i in range(len(names)))
+            sql = (
+                f"INSERT INTO {quote(self.table.name)} ({listed}) SELECT {aliases} FROM"
+                f" unnest({arrays}) WITH ORDINALITY AS v({aliases}, n) ORDER BY n"
+            )
+            found = (sql, [_array_converter(c.type, dialect) for c in columns])
+            self._pg[names] = found
+        sql, converters = found
+        params = [
+            [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
+            for name, convert in zip(names, converters, strict=True)
+        ]
+        cursor = _cursor(connection)
+        try:
+            cursor.execute(sql, params)
+        except dialect.loaded_dbapi.Error as exc:
+            raise _wrap(sql, params, exc, dialect) from exc
+        finally:
+            cursor.close()
+
+
+def _array_converter(type_: TypeEngine[Any], dialect: Dialect) -> Converter:
+    """A value as an element of a binary array: psycopg dumps a list of one Python type only,
+    so a float column's whole numbers are given as floats."""
+    if isinstance(type_.dialect_impl(dialect), Float):
+        return _as_float
+    return _bind_converter(type_, dialect)
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 class BulkUpdate:
