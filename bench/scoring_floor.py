@@ -4,8 +4,9 @@
 
 ``POST /v1/events`` with a batch must, for every lead the batch touches and under every active
 ruleset: load the lead's stored state, fold the new events in, evaluate the lead as of now
-(letter, score, tier, stage, action, deadlines), build the explanation for a history row when
-something visible changed, and store the state again. This script does exactly that in memory, with the bundled rulesets and
+(letter, score, tier, stage, action, deadlines), take the explanation's inputs for a history row
+when something visible changed (the explanation itself on code before the history stored
+inputs), and store the state again. This script does exactly that in memory, with the bundled rulesets and
 the event mix of ``bench/engine.py``, for batches whose 100 events fall on random leads out of
 ``--leads`` (so nearly every event is a different lead, as in ``bench/ingest.py``).
 

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from tests.api.helpers import BIG_MANUFACTURER, event
 from tests.api.history_golden import FIXTURE, run, settings_for
@@ -18,7 +18,8 @@ from tests.conftest import TEST_ADMIN_KEY
 
 from leadscore_api.service import explanations
 from leadscore_api.service.rulesets import RulesetRegistry
-from leadscore_api.storage.models import ScoreChange
+from leadscore_api.storage.base import as_read_back
+from leadscore_api.storage.models import Lead, ScoreChange
 
 EXPECTED: dict[str, Any] = json.loads(gzip.decompress(FIXTURE.read_bytes()))
 
@@ -93,3 +94,25 @@ def test_the_dashboards_lead_page_shows_the_rendered_explanation(client: TestCli
     changes = page.text[page.text.index('id="changes"') :]
     assert "sum of components, clamped to 0–100, rounded half up" in changes
     assert "owner_rule" not in changes and "tier_since" not in changes
+
+
+def test_a_value_built_when_read_has_the_form_the_column_gives_back(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """``as_read_back`` on PostgreSQL is ``jsonb``'s key order and decimals; on SQLite, as is."""
+    value = {
+        "zeta": 1,
+        "b": {"ü": -0.0, "aa": 1e16, "a": [2.5e-7, -1.5e16, 3.0, {"yy": None, "x": True}]},
+        "ab": "é",
+        "é": 12345678901234567.0,
+    }
+    with session_factory.begin() as session:
+        session.execute(
+            insert(Lead), [{"id": "lead_j", "attributes": value, "components": {}, "models": {}}]
+        )
+    with session_factory() as session:
+        stored = session.scalar(select(Lead.attributes).where(Lead.id == "lead_j"))
+        dialect = session.get_bind().dialect.name
+    expected = as_read_back(value, dialect)
+    assert json.dumps(expected) == json.dumps(stored)
+    assert (json.dumps(expected) == json.dumps(value)) is (dialect == "sqlite")

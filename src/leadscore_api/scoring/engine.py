@@ -178,8 +178,9 @@ class LeadState:
         self.actions: list[list[Any]] = [[0.0, 0.0, 0, 0, None, 0] for _ in range(n_actions)]
         # per component: [value at t_ref, t_ref] of its actions' points (decay applied lazily)
         self.comp_values: list[list[float]] = [[0.0, 0.0] for _ in range(n_components)]
-        # contributions still alive, per action, for expire_after components
-        self.live: dict[int, list[list[float]]] = {}
+        # contributions still alive, per action, for expire_after components: (moment, points),
+        # tuples (lists when read from JSON) so that the cyclic GC stops tracking them
+        self.live: dict[int, list[tuple[float, float] | list[float]]] = {}
         # per event condition: a number, {distinct value: first seen} (no window), or the
         # moments ([ts] or [(ts, value)]) inside the window
         self.counts: list[Any] = [[] for _ in range(n_counts)]
@@ -598,7 +599,7 @@ class Scorer:
                     cv[1] = ts
                 elif component.expire_after is not None:
                     alive = state.live.setdefault(action.index, [])
-                    alive.append([ts, action.points])
+                    alive.append((ts, action.points))
                     cutoff = ts - component.expire_after
                     while alive and alive[0][0] <= cutoff:
                         alive.pop(0)
@@ -652,13 +653,15 @@ class Scorer:
             state.tier = measure.tier
             state.tier_since = ts
         state.letter = measure.letter
-        if self.stages:
+        reached = state.stages
+        pending = [stage for stage in self.stages if stage.name not in reached]
+        if pending:
+            # Only stages not reached yet are tested (a reached one, demoting or not, stays
+            # recorded), and a lead that reached them all builds no context.
             ctx = self._context(state, measure, ts)
-            for stage in self.stages:
-                if stage.name in state.stages and not stage.demote:
-                    continue
-                if stage.name not in state.stages and stage.when.test(ctx):
-                    state.stages[stage.name] = {
+            for stage in pending:
+                if stage.when.test(ctx):
+                    reached[stage.name] = {
                         "at": ts,
                         "event_id": event_id,
                         "because": stage.when.describe(ctx),
