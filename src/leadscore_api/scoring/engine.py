@@ -653,15 +653,13 @@ class Scorer:
             state.tier = measure.tier
             state.tier_since = ts
         state.letter = measure.letter
-        reached = state.stages
-        pending = [stage for stage in self.stages if stage.name not in reached]
-        if pending:
-            # Only stages not reached yet are tested (a reached one, demoting or not, stays
-            # recorded), and a lead that reached them all builds no context.
+        if self.stages:
             ctx = self._context(state, measure, ts)
-            for stage in pending:
-                if stage.when.test(ctx):
-                    reached[stage.name] = {
+            for stage in self.stages:
+                if stage.name in state.stages and not stage.demote:
+                    continue
+                if stage.name not in state.stages and stage.when.test(ctx):
+                    state.stages[stage.name] = {
                         "at": ts,
                         "event_id": event_id,
                         "because": stage.when.describe(ctx),
