@@ -116,3 +116,25 @@ def test_a_value_built_when_read_has_the_form_the_column_gives_back(
     expected = as_read_back(value, dialect)
     assert json.dumps(expected) == json.dumps(stored)
     assert (json.dumps(expected) == json.dumps(value)) is (dialect == "sqlite")
+
+
+def test_a_row_that_cannot_be_rendered_says_so_and_the_history_stays_readable(
+    client: TestClient, session_factory: sessionmaker[Session]
+) -> None:
+    posted = client.post(
+        "/v1/events", json=event("form.submitted", id="norender-1", attributes=BIG_MANUFACTURER)
+    )
+    lead_id = posted.json()["results"][0]["lead_id"]
+    with session_factory.begin() as session:
+        first, second = session.scalars(
+            select(ScoreChange).where(ScoreChange.lead_id == lead_id).order_by(ScoreChange.id)
+        ).all()[:2]
+        first.ruleset_sha256 = "0" * 64  # a version that was never stored
+        second.explanation = {**second.explanation, "actions": [["not", "actions"]]}
+    history = client.get(f"/v1/leads/{lead_id}/history")
+    assert history.status_code == 200, history.text
+    shown = [item["explanation"] for item in history.json()["items"][:2]]
+    assert shown == [
+        {"unavailable": explanations.UNAVAILABLE},
+        {"unavailable": explanations.NOT_RENDERED},
+    ]
