@@ -22,7 +22,11 @@ router = APIRouter(tags=["events"])
 
 class EventResultOut(BaseModel):
     id: str | None = Field(description="The event's id (null if the item had none).")
-    status: str = Field(description="`accepted`, `duplicate` or `rejected`.")
+    status: str = Field(
+        description="`accepted`, `duplicate`, `rejected`, or `ignored` (not applied: an event"
+        " of a person erased after it happened, see `warning`; webhooks also ignore platform"
+        " events that score nothing)."
+    )
     lead_id: str | None = None
     error: str | None = Field(default=None, description="Why it was rejected, naming the field.")
     unknown_type: bool = Field(

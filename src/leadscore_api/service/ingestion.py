@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.ingest.parsing import EventError, IngestItem
 from leadscore_api.scoring import ScoringEvent, Transition
+from leadscore_api.service import tombstones
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.scoring import PendingWrites, score_lead
 from leadscore_api.storage.base import utcnow
@@ -201,6 +202,7 @@ def ingest_events(
         else:
             fresh.append((index, event))
 
+    fresh = _screen_erased(session, fresh, results)
     if fresh:
         _apply_fresh(session, registry, fresh, results, now, known)
 
@@ -218,6 +220,29 @@ def ingest_events(
         assert result is not None
         out.append(result)
     return out
+
+
+def _screen_erased(
+    session: Session, fresh: list[tuple[int, CanonicalEvent]], results: list[EventResult | None]
+) -> list[tuple[int, CanonicalEvent]]:
+    """Answer the events the erasure tombstone stops; return the others."""
+    verdicts = tombstones.screen(session, [event for _, event in fresh])
+    if not verdicts:
+        return fresh
+    kept: list[tuple[int, CanonicalEvent]] = []
+    for index, event in fresh:
+        verdict = verdicts.get(event.id)
+        if verdict is None:
+            kept.append((index, event))
+            continue
+        results[index] = EventResult(
+            event.id,
+            verdict.status,
+            warning=verdict.reason,
+            type=event.type,
+            unknown_type=not event.known_type,
+        )
+    return kept
 
 
 def _apply_fresh(
