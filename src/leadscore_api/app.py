@@ -26,9 +26,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from leadscore_api import __version__
+from leadscore_api import __version__, logs
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from leadscore_api.api.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+)
 from leadscore_api.api.problems import ProblemDetail, install_problem_handlers
 from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
@@ -119,6 +123,7 @@ def create_app(
 ) -> FastAPI:
     """Build the application; raises ``RuleFileError``/``RegistryError`` on unusable rules."""
     settings = settings or get_settings()
+    logs.route_to_stdlib()
     registry = RulesetRegistry.load(settings)
     engine = make_engine(settings.database_url)
     checkpointer = WalCheckpointer.for_engine(engine)
@@ -186,6 +191,8 @@ def create_app(
         path_limits={"/v1/leads/import": settings.max_import_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every answer, a 413 from the body limit too, carries its request id.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
 
     for router in ROUTERS:
         app.include_router(router)
