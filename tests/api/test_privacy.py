@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 from tests.api.helpers import BIG_MANUFACTURER, event
 from tests.conftest import make_settings
+from tests.delivery.conftest import drive, make_worker, qualified_stream
+from tests.receiver import receiving
 
 from leadscore_api.config import Settings
+from leadscore_api.storage.delivery_models import LeadTimer
 
 FORM_TOKEN = "form-token-for-privacy-tests"
 
@@ -170,3 +176,41 @@ def test_international_addresses_are_one_lead(client: TestClient) -> None:
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["errors"][0]["field"] == "email"
+
+
+def test_a_merge_moves_queued_messages_and_timers_to_the_surviving_lead(
+    client: TestClient, session_factory: sessionmaker[Session]
+) -> None:
+    with receiving() as receiver:
+        sub = client.post("/v1/subscriptions", json={"url": receiver.url, "event_types": ["*"]})
+        assert sub.status_code == 201, sub.text
+        survivor = post(client, event("page.viewed", email="anna@metalpro.it", external_id="crm-1"))
+        merged = post(client, *qualified_stream("a.rossi@gmail.com"))
+        target, other = survivor[0]["lead_id"], merged[0]["lead_id"]
+        queued = client.get("/v1/deliveries", params={"lead_id": other}).json()["items"]
+        assert queued and all(item["status"] == "pending" for item in queued)
+        with session_factory() as session:
+            assert session.scalar(select(func.count()).where(LeadTimer.lead_id == other))
+
+        response = client.post(f"/v1/leads/{target}/merge", json={"other_lead_id": other})
+        assert response.status_code == 200, response.text
+
+        assert client.get("/v1/deliveries", params={"lead_id": other}).json()["items"] == []
+        # (the survivor, re-scored with both histories, may have crossed thresholds too)
+        moved = client.get("/v1/deliveries", params={"lead_id": target}).json()["items"]
+        assert {m["id"] for m in queued} <= {m["id"] for m in moved}
+        with session_factory() as session:
+            assert not session.scalar(select(func.count()).where(LeadTimer.lead_id == other))
+        # What the subscriber gets names the survivor, with the figures of the moment.
+        drive(make_worker(session_factory), lambda: len(receiver.delivered()) >= len(moved))
+        sent = {r.webhook_id: json.loads(r.body) for r in receiver.delivered()}
+    bodies = [sent[m["id"]] for m in queued]
+    for body in bodies:
+        lead = body["data"]["lead"]
+        assert (lead["id"], lead["email"], lead["external_id"]) == (
+            target,
+            "anna@metalpro.it",
+            "crm-1",
+        )
+    before = {m["id"]: m["payload"]["data"]["lead"]["score"] for m in queued}
+    assert sorted(before.values()) == sorted(b["data"]["lead"]["score"] for b in bodies)

@@ -134,6 +134,30 @@ def forget_lead(session: Session, lead_id: str) -> int:
     return removed
 
 
+def move_queued(session: Session, from_id: str, to_lead: dict[str, Any]) -> int:
+    """A merge: messages still queued about the merged lead now name the surviving one.
+
+    Their ``lead_id`` and the identity inside the payload (``data.lead``: id, email,
+    external_id) become the survivor's, so a receiver files the transition under the person
+    who remains; the figures stay those of the moment the transition happened. The merged
+    lead's timers go: the survivor, re-scored from every event, plans its own. Returns the
+    number of messages moved.
+    """
+    moved = outbox_repo.pending_for_lead(session, from_id)
+    for message in moved:
+        payload = dict(message.payload)
+        data = dict(payload.get("data") or {})
+        lead = dict(data.get("lead") or {})
+        lead.update({name: to_lead.get(name) for name in ("id", "email", "external_id")})
+        data["lead"] = lead
+        payload["data"] = data
+        message.payload = payload
+        message.lead_id = to_lead["id"]
+    timers_repo.delete_for_lead(session, from_id)
+    session.flush()
+    return len(moved)
+
+
 # -- subscriptions -----------------------------------------------------------------------------
 
 

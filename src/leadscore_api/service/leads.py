@@ -203,7 +203,8 @@ def merge_leads(
     target_id: str,
     other_id: str,
 ) -> LeadData:
-    """Fold ``other`` into ``target``: identities, events, outcomes and history move; re-score.
+    """Fold ``other`` into ``target``: identities, events, outcomes, history and the messages
+    still queued about ``other`` move; re-score.
 
     The target is re-scored by replaying every event of both leads, which is exactly what it
     would have scored had all events named it from the start.
@@ -224,6 +225,11 @@ def merge_leads(
         if target.external_id is None:
             target.external_id = other.external_id
         target.created_at = min(target.created_at, other.created_at)
+        delivery.move_queued(
+            session,
+            other_id,
+            {"id": target.id, "email": target.email, "external_id": target.external_id},
+        )
         leads_repo.delete_lead(session, other_id)
         scores = leads_repo.load_scores(session, [target_id]).get(target_id, {})
         pending = PendingWrites()

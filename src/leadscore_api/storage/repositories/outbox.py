@@ -74,6 +74,16 @@ def delete_for_lead(session: Session, lead_id: str) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def pending_for_lead(session: Session, lead_id: str) -> list[OutboxMessage]:
+    """The messages about a lead not yet delivered nor given up (locked on PostgreSQL)."""
+    query = select(OutboxMessage).where(
+        OutboxMessage.lead_id == lead_id, OutboxMessage.status == STATUS_PENDING
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return list(session.scalars(query.order_by(OutboxMessage.id)))
+
+
 def requeue_values(now: datetime) -> dict[str, Any]:
     """A message made due now with a fresh schedule (same ``webhook-id``)."""
     return {
