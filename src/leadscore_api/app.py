@@ -38,6 +38,7 @@ from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service import delivery
 from leadscore_api.service.api_keys import PrincipalCache
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
@@ -179,6 +180,7 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.ingest_writer = ingest_writer
+    metrics.watch_outbox(lambda: delivery.queue_stats(read_session_factory))
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
     app.state.report_cache = ReportCache(settings.dashboard_cache_seconds)

@@ -78,7 +78,7 @@ async def receive_webhook(
     outcome = await run_in_threadpool(
         service.receive, source, inbound, settings, registry, session_factory
     )
-    metrics.record_ingest(outcome.ingested)
+    metrics.record_ingest(outcome.ingested, source)
     log_results(outcome.ingested, source)
     return WebhookResults(results=[_answer(item) for item in outcome.results])
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.delivery.payloads import (
     LEAD_FIELDS,
@@ -132,6 +132,15 @@ def forget_lead(session: Session, lead_id: str) -> int:
     removed = outbox_repo.delete_for_lead(session, lead_id)
     timers_repo.delete_for_lead(session, lead_id)
     return removed
+
+
+def queue_stats(session_factory: sessionmaker[Session]) -> tuple[int, float]:
+    """The outbound queue for /metrics: pending messages, and seconds the oldest due is late."""
+    now = utcnow()
+    with session_factory() as session:
+        depth, oldest = outbox_repo.pending_stats(session, now)
+    lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    return depth, lag
 
 
 def move_queued(session: Session, from_id: str, to_lead: dict[str, Any]) -> int:
