@@ -80,6 +80,12 @@ class Metrics:
         log = logging.getLogger("leadscore.metrics")
 
         class _Outbox(Collector):
+            def describe(self) -> Iterator[Metric]:
+                # Registering asks for the names; without this it would collect, and so query
+                # a database that may not exist yet (the OpenAPI document builds an app too).
+                yield GaugeMetricFamily("leadscore_outbox_pending", "")
+                yield GaugeMetricFamily("leadscore_outbox_lag_seconds", "")
+
             def collect(self) -> Iterator[Metric]:
                 try:
                     depth, lag = stats()
