@@ -11,13 +11,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 from tests.api.helpers import BIG_MANUFACTURER, event
-from tests.conftest import make_settings
+from tests.conftest import TEST_ADMIN_KEY, auth, make_settings
 from tests.delivery.conftest import drive, make_worker, qualified_stream
 from tests.receiver import receiving
 
+from leadscore_api.app import create_app
 from leadscore_api.config import Settings
+from leadscore_api.ingest.events import normalise_email
+from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.delivery_models import LeadTimer
+from leadscore_api.storage.migrate import upgrade_database
+from leadscore_api.storage.models import Lead, LeadIdentity
 
 FORM_TOKEN = "form-token-for-privacy-tests"
 
@@ -214,3 +220,42 @@ def test_a_merge_moves_queued_messages_and_timers_to_the_surviving_lead(
         )
     before = {m["id"]: m["payload"]["data"]["lead"]["score"] for m in queued}
     assert sorted(before.values()) == sorted(b["data"]["lead"]["score"] for b in bodies)
+
+
+def test_the_migration_renormalises_stored_email_keys(database_url: str) -> None:
+    """Leads stored before email-validator keep their people: punycode and NFD keys move."""
+    upgrade_database(database_url, "0010_challengers")
+    now = datetime.now(UTC)
+    stored = {
+        "lead_a": "anna@xn--mller-kva.de",
+        "lead_b": unicodedata.normalize("NFD", "josé@ex.it"),
+        "lead_c": "plain@ex.it",
+        # Two leads that are one person once normalised: left for a human to merge.
+        "lead_d": "eva@xn--fonderia-i1a.it",
+        "lead_e": "eva@fonderiaé.it",
+    }
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with make_session_factory(engine)() as session:
+            for lead_id, email in stored.items():
+                session.add(Lead(id=lead_id, email=email, created_at=now, updated_at=now))
+                session.add(LeadIdentity(kind="email", value=email, lead_id=lead_id))
+            session.commit()
+    finally:
+        engine.dispose()
+    upgrade_database(database_url)
+    app = create_app(make_settings(database_url))
+    with TestClient(app, headers=auth(TEST_ADMIN_KEY)) as client:
+        for lead_id, query in (
+            ("lead_a", "Anna@Müller.de"),
+            ("lead_b", "josé@ex.it"),
+            ("lead_c", "plain@ex.it"),
+        ):
+            [lead] = leads_by(client, email=query)
+            assert (lead["id"], lead["email"]) == (lead_id, normalise_email(query))
+        results = post(client, event(email="anna@xn--mller-kva.de"), event(email="JOSÉ@EX.IT"))
+        assert [r["lead_id"] for r in results] == ["lead_a", "lead_b"]
+        # The conflict: both leads stay as they were; the Unicode one answers for the key.
+        [eva] = leads_by(client, email="eva@fonderiaé.it")
+        assert eva["id"] == "lead_e"
+        assert client.get("/v1/leads/lead_d").json()["email"] == "eva@xn--fonderia-i1a.it"
