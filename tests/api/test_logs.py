@@ -7,11 +7,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy.exc import IntegrityError
 from tests.conftest import TEST_ADMIN_KEY, auth, make_settings
 from tests.delivery.conftest import qualified_stream
 from tests.receiver import Reply, receiving
@@ -19,7 +21,10 @@ from tests.server import free_port
 
 from leadscore_api import logs
 from leadscore_api.app import create_app
+from leadscore_api.storage.db import make_engine, make_session_factory
 from leadscore_api.storage.migrate import upgrade_database
+from leadscore_api.storage.models import Lead
+from leadscore_api.storage.repositories import leads as leads_repo
 
 FORM_TOKEN = "form-token-Zq8nX4"
 EMAIL = "giulia.bianchi@acciaierie.it"
@@ -132,3 +137,28 @@ def test_a_realistic_run_logs_json_with_ids_and_no_email_or_secret(
         assert secret.lower() not in lowered, "a secret is in the logs"
     for email in (EMAIL, OTHER_EMAIL, "acciaierie.it", "fonderia.it"):
         assert email.lower() not in lowered, "an email is in the logs"
+
+
+def test_database_errors_do_not_carry_the_statement_parameters(database_url: str) -> None:
+    """An unexpected database error is logged with its message: it must not quote an email."""
+    upgrade_database(database_url)
+    engine = make_engine(database_url)
+    try:
+        now = datetime.now(UTC)
+        row = {"kind": "email", "value": EMAIL, "lead_id": "lead_x", "created_at": now}
+        with make_session_factory(engine)() as session:
+            session.add(Lead(id="lead_x", email=EMAIL, created_at=now, updated_at=now))
+            session.flush()
+            leads_repo.insert_identities(session, [row])
+            with pytest.raises(IntegrityError) as fast:
+                leads_repo.insert_identities(session, [row])
+        with make_session_factory(engine)() as session:
+            session.add(Lead(id="lead_y", email=EMAIL, created_at=now, updated_at=now))
+            session.add(Lead(id="lead_y", email=EMAIL, created_at=now, updated_at=now))
+            with pytest.raises(IntegrityError) as orm:
+                session.flush()
+    finally:
+        engine.dispose()
+    for error in (fast.value, orm.value):
+        assert EMAIL not in str(error)
+        assert "hidden" in str(error)
