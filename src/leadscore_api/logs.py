@@ -10,11 +10,14 @@ serving it names it.
 Privacy: a log line names leads by id, never by email. Request lines carry the path, never the
 query string (``?email=...``, a webhook ``?token=...`` and the dashboard's ``?token=<key>`` live
 there); :func:`safe_url` strips credentials and the query from a URL before it is logged.
+Whatever slips through (a database error quoting the row it refused) has its email addresses
+replaced by ``<email>`` as the line is written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -34,6 +37,34 @@ _SHARED: list[Any] = [
 ]
 #: The handler :func:`configure` installed on the root logger (replaced when called again).
 _HANDLER_NAME = "leadscore"
+
+
+#: An email address, ASCII or not, as it may appear inside any text (a database error's detail
+#: quotes the row it refused, an exception message its input).
+_EMAIL = re.compile(r"[^\s@\"'<>(),;:\[\]=/]+@[^\s@\"'<>(),;:\[\]=/]+\.[^\s@\"'<>(),;:\[\]=/]+")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _EMAIL.sub("<email>", value) if "@" in value else value
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items()}
+    return value
+
+
+def _scrub_emails(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The last line of defence: whatever a message or traceback quotes, no email leaves.
+
+    Our own lines name leads by id; this catches what we do not write ourselves, such as
+    PostgreSQL's ``DETAIL: Key (kind, value)=(email, anna@...) already exists``.
+    """
+    for key, value in event.items():
+        event[key] = _scrub(value)
+    return event
 
 
 def _drop_copies(
@@ -80,6 +111,7 @@ def configure(fmt: LogFormat = "json", level: str = "INFO", stream: IO[str] | No
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _scrub_emails,
             renderer,
         ],
     )
