@@ -27,10 +27,13 @@ from leadscore_api.crm.base import (
     ConnectorConfig,
     CrmKind,
 )
+from leadscore_api.crm.hubspot import HubSpotConnector
 from leadscore_api.errors import FieldProblem, InvalidInput, describe_validation
 
 #: The connector class of each CRM. Adding a CRM is one import and one line here.
-CONNECTORS: dict[CrmKind, type[Connector]] = {}
+CONNECTORS: dict[CrmKind, type[Connector]] = {
+    "hubspot": HubSpotConnector,
+}
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -204,12 +207,14 @@ def parse_file_text(text: str, environ: Mapping[str, str] | None = None) -> list
         except InvalidInput as exc:
             problems.extend(exc.errors or [{"field": where, "message": exc.detail}])
     seen: set[str] = set()
-    for index, spec in enumerate(specs):
-        if spec.name in seen:
+    for index, entry in enumerate(data):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name in seen:
             problems.append(
-                {"field": f"connectors[{index}].name", "message": f"{spec.name!r} is listed twice"}
+                {"field": f"connectors[{index}].name", "message": f"{name!r} is listed twice"}
             )
-        seen.add(spec.name)
+        if isinstance(name, str):
+            seen.add(name)
     if problems:
         raise InvalidInput.fields(problems)
     return specs
