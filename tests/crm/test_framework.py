@@ -178,9 +178,7 @@ def test_connectors_api_never_shows_a_secret_and_refuses_bad_input_naming_the_fi
         crm_service.create_connector(
             session_factory, parse_spec({**body, "name": "inside"}), allow_private=False
         )
-    assert unsafe.value.errors == [
-        {"field": "base_url", "message": unsafe.value.errors[0]["message"]}
-    ]
+    assert [e["field"] for e in unsafe.value.errors or []] == ["base_url"]
     assert "loopback" in unsafe.value.detail
 
     # Scope crm:admin; webhooks:admin is not enough; no key at all is a 401.
