@@ -430,3 +430,62 @@ def test_an_outcome_without_a_stored_record_finds_the_lead_by_email(
     with session_factory() as session:
         found = session.get(Event, f"crm:{NAME}:call-1")
         assert found is not None and found.lead_id == lead_id
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def test_connect_in_one_command_stores_sets_up_and_backfills(
+    client: TestClient,
+    database_url: str,
+    session_factory: sessionmaker[Session],
+    tmp_path: Any,
+) -> None:
+    from click.testing import CliRunner
+
+    from leadscore_api.cli import main
+
+    for n in range(2):
+        _post(client, new_lead_events(f"old{n}@metalpro.it"))
+    env = {
+        "LEADSCORE_DATABASE_URL": database_url,
+        "LEADSCORE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    }
+    with running(KIND, custom_properties=False) as standin:
+        config = standin.connector_config()
+        args = ["crm", "connect", KIND, "--name", "cli-crm", "--base-url", standin.base_url]
+        for key, value in config.credentials.items():
+            args += ["--credential", f"{key}={value}"]
+        for rep, user in config.owner_map.items():
+            args += ["--owner", f"{rep}={user}"]
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "connector cli-crm (hubspot) stored" in result.output
+        assert "created: " in result.output
+        assert "queued a sync of 2 lead(s) to cli-crm" in result.output
+        assert len(messages(session_factory, "crm.sync")) == 2
+
+        listed = CliRunner().invoke(main, ["crm", "list"], env=env)
+        assert listed.output.startswith("cli-crm\thubspot\tenabled")
+
+        again = CliRunner().invoke(main, ["crm", "setup", "cli-crm"], env=env)
+        assert (
+            again.exit_code == 0 and "existing: " in again.output and "created" not in again.output
+        )
+
+    bad = CliRunner().invoke(
+        main, ["crm", "connect", KIND, "--base-url", "x", "--field", "colour=c"], env=env
+    )
+    assert bad.exit_code == 1
+    assert "error: base_url:" in bad.output and "error: field_map:" in bad.output
+
+    path = tmp_path / "crm.yaml"
+    path.write_text(
+        "- {name: cli-crm, kind: hubspot, base_url: 'http://127.0.0.1:9', "
+        "credentials: {token: '${T}'}, create_missing: false}\n"
+    )
+    applied = CliRunner().invoke(main, ["crm", "apply", str(path)], env={**env, "T": "pat-x"})
+    assert applied.exit_code == 0, applied.output
+    assert applied.output == "cli-crm: updated\n"
+    shown = client.get("/v1/crm/connectors/cli-crm").json()
+    assert (shown["create_missing"], shown["credentials"]) == (False, {"token": "****"})
