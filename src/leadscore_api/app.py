@@ -40,6 +40,7 @@ from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.service import delivery
 from leadscore_api.service.api_keys import PrincipalCache
+from leadscore_api.service.crm import apply_file, running_pull
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.jobs import running_jobs
@@ -64,8 +65,9 @@ transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 
 @asynccontextmanager
 async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers) and
-    the background jobs (re-scores), inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
+    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers), the
+    background jobs (re-scores) and the CRM pull, inside ``leadscore serve`` unless
+    ``RUN_WORKER`` is off."""
     settings: Settings = app.state.settings
     if not settings.run_worker:
         yield
@@ -79,6 +81,7 @@ async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
             registry=metrics.registry,
         ),
         running_jobs(app.state.session_factory, app.state.registry, settings.job_poll_seconds),
+        running_pull(app.state.session_factory, app.state.registry, settings),
     ):
         yield
 
@@ -153,6 +156,8 @@ def create_app(
         directory = directory_file_for(settings)
         if directory is not None:
             await run_in_threadpool(sync_directory, session_factory, directory)
+        if settings.crm_file is not None:
+            await run_in_threadpool(apply_file, session_factory, settings)
         async with AsyncExitStack() as stack:
             for hook in hooks:
                 await stack.enter_async_context(hook(app))

@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     #: How often ``serve`` and ``worker`` look for background jobs (re-scores) to run.
     job_poll_seconds: float = 2.0
     webhook_timestamp_tolerance_seconds: int = 300
+    #: How often each enabled CRM connector's recent changes are pulled (0: never; the CRM's
+    #: notifications then bring every outcome).
+    crm_pull_seconds: float = 300.0
+    #: A YAML list of CRM connectors applied (upserted by name) at start-up.
+    crm_file: Path | None = None
 
     webhook_sendgrid_secret: str | None = None
     webhook_mailgun_secret: str | None = None
@@ -243,6 +248,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must name an existing folder (unset it to use ./rules or the bundled rules)"
             )
+        return value
+
+    @field_validator("crm_pull_seconds")
+    @classmethod
+    def _pull_seconds(cls, value: float) -> float:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("must be 0 (no pull) or a positive number of seconds")
+        return value
+
+    @field_validator("crm_file")
+    @classmethod
+    def _crm_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must name an existing YAML file of CRM connectors")
         return value
 
     @field_validator("webhook_form_field_map", "webhook_typeform_field_map")

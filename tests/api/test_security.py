@@ -85,6 +85,17 @@ ACCESS: dict[tuple[str, str], Access] = {
         "a platform's URL check: says only the source is set up"
     ),
     ("HEAD", "/v1/webhooks/{source}"): Public("a platform's URL check, as GET without a body"),
+    ("POST", "/v1/crm/connectors"): "crm:admin",
+    ("GET", "/v1/crm/connectors"): "crm:admin",
+    ("GET", "/v1/crm/connectors/{name}"): "crm:admin",
+    ("PATCH", "/v1/crm/connectors/{name}"): "crm:admin",
+    ("DELETE", "/v1/crm/connectors/{name}"): "crm:admin",
+    ("POST", "/v1/crm/connectors/{name}/setup"): "crm:admin",
+    ("POST", "/v1/crm/{name}/pull"): "crm:admin",
+    ("POST", "/v1/crm/{name}/notifications"): Public(
+        "a CRM's change notification: authenticated by the CRM's own signature, token or"
+        " credentials, checked by the connector"
+    ),
     ("POST", "/v1/subscriptions"): "webhooks:admin",
     ("GET", "/v1/subscriptions"): "webhooks:admin",
     ("GET", "/v1/subscriptions/{subscription_id}"): "webhooks:admin",

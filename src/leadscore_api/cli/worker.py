@@ -19,6 +19,7 @@ from leadscore_api import logs
 from leadscore_api.cli.serve import checked_rulesets, checked_settings
 from leadscore_api.config import Settings
 from leadscore_api.delivery.worker import running_workers
+from leadscore_api.service.crm import running_pull
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.rulesets import RulesetRegistry
@@ -43,6 +44,7 @@ async def _run(
                 factory, settings, timer_tick=time_tick(rulesets), registry=registry, **overrides
             ),
             running_jobs(factory, rulesets, settings.job_poll_seconds),
+            running_pull(factory, rulesets, settings),
         ):
             await stop.wait()
     finally:

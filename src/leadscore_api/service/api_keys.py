@@ -33,6 +33,7 @@ SCOPES: tuple[str, ...] = (
     "webhooks:admin",
     "keys:admin",
     "reps:admin",
+    "crm:admin",
 )
 KEY_PREFIX = "lsk"
 ADMIN_KEY_ID = "admin"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from leadscore_api.errors import BadCursor, InvalidInput, LeadNotFound
 from leadscore_api.ingest.events import normalise_email
 from leadscore_api.scoring import LeadState, ScoringEvent
-from leadscore_api.service import delivery, tombstones
+from leadscore_api.service import crm_outbox, delivery, tombstones
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.scoring import PendingWrites, score_lead
 from leadscore_api.storage.base import utcnow
@@ -219,6 +219,7 @@ def merge_leads(
             if wanted not in leads:
                 raise LeadNotFound(wanted)
         target, other = leads[target_id], leads[other_id]
+        crm_outbox.pass_on_merge(session, target_id, other_id, now)
         leads_repo.move_lead_rows(session, other_id, target_id)
         if target.email is None:
             target.email = other.email
@@ -245,7 +246,8 @@ def erase_lead(session_factory: sessionmaker[Session], lead_id: str) -> dict[str
     keyed hashes of their identities and event ids (``service/tombstones.py``), so that a retry
     or a re-import does not bring them back.
 
-    Queued outbound messages about the lead go too: their payloads name the person.
+    Queued outbound messages about the lead go too: their payloads name the person. Each CRM
+    holding a record of the person is asked to erase it (``crm.erase``).
     """
 
     def work(session: Session) -> dict[str, int]:
@@ -254,6 +256,8 @@ def erase_lead(session_factory: sessionmaker[Session], lead_id: str) -> dict[str
         tombstones.bury(session, lead.id, now)
         counts = leads_repo.erase_personal_rows(session, lead.id)
         delivery.forget_lead(session, lead.id)
+        # After forget_lead: the erasures carry no lead id, so they are not forgotten with it.
+        crm_outbox.pass_on_erase(session, lead.id, utcnow())
         leads_repo.delete_lead(session, lead.id)
         leads_repo.record_erasure(session, now, counts)
         return counts

@@ -25,7 +25,7 @@ from leadscore_api.scoring import (
     Transition,
     transitions_between,
 )
-from leadscore_api.service import reps
+from leadscore_api.service import crm_outbox, reps
 from leadscore_api.service.delivery import enqueue_transitions, lead_view
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.timers import plan_timers
@@ -47,6 +47,8 @@ class PendingWrites:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     #: Whether any subscription is enabled, asked once per request when a transition occurs.
     has_subscriptions: bool | None = None
+    #: The enabled CRM connectors (name, subscription id), asked once per request.
+    crm_targets: crm_outbox.Targets | None = None
 
     def write(self, session: Session) -> None:
         leads_repo.write_leads(session, self.leads)
@@ -99,6 +101,7 @@ def score_lead(
     change to the lead's columns (``models`` included).
     """
     update_ = LeadUpdate(lead=lead)
+    synced_before = crm_outbox.synced_state(lead)
     visible_change = False
     written = 0
     primary_assignee: str | None = None
@@ -212,6 +215,19 @@ def score_lead(
     pending.leads.append(lead)
     for event_id, transitions in update_.transitions.items():
         _enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
+    if pending.crm_targets is None:
+        pending.crm_targets = crm_outbox.targets(session)
+    if pending.crm_targets:
+        crm_outbox.queue_lead_change(
+            session,
+            pending.crm_targets,
+            lead,
+            changed=is_new or crm_outbox.synced_state(lead) != synced_before,
+            transitions=[t for found in update_.transitions.values() for t in found],
+            result=primary,
+            loaded=registry.primary,
+            now=now,
+        )
     return update_
 
 

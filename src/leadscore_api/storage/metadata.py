@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 from leadscore_api.storage import (
+    crm_models,
     dashboard_models,
     delivery_models,
     directory_models,
@@ -26,6 +27,7 @@ TABLE_MODULES = (
     snapshot_models,
     dashboard_models,
     privacy_models,
+    crm_models,
 )
 
 

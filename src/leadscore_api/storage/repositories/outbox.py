@@ -208,7 +208,8 @@ def claim_due(
 ) -> list[tuple[str, dict[str, Any], Subscription]]:
     """Lease up to ``limit`` due messages of enabled subscriptions to ``token``.
 
-    Returns (message id, payload, subscription) of each leased message.
+    Returns (message id, payload, subscription) of each leased message. ``crm.*`` messages are
+    not webhooks: the CRM dispatcher (``delivery/crm.py``) claims those.
     """
     query = (
         select(OutboxMessage.id)
@@ -216,6 +217,7 @@ def claim_due(
         .where(
             OutboxMessage.status == STATUS_PENDING,
             OutboxMessage.next_attempt_at <= now,
+            OutboxMessage.event_type.not_like("crm.%"),
             Subscription.enabled.is_(True),
         )
         .order_by(OutboxMessage.next_attempt_at)
