@@ -221,6 +221,8 @@ def merge_leads(
         if target.external_id is None:
             target.external_id = other.external_id
         target.created_at = min(target.created_at, other.created_at)
+        # Subscribers heard of the other lead's stages: the merged person is not new to them.
+        target.announced_stages = sorted(set(target.announced_stages) | set(other.announced_stages))
         leads_repo.delete_lead(session, other_id)
         scores = leads_repo.load_scores(session, [target_id]).get(target_id, {})
         pending = PendingWrites()
