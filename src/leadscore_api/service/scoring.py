@@ -368,8 +368,9 @@ def _first_crossings(
     announced = set(lead.announced_stages)
     if before is not None:
         announced.update(before.get("stages_reached", ()))
+    reached = {t.to_value for t in found if t.to_value and t.type == f"lead.{t.to_value}"}
     kept = [t for t in found if not (t.type == f"lead.{t.to_value}" and t.to_value in announced)]
-    announced.update(t.to_value for t in found if t.type == f"lead.{t.to_value}")
+    announced |= reached
     if announced != set(lead.announced_stages):
         lead.announced_stages = sorted(announced)
     return kept
