@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.soak.harness import FAULTS, SoakConfig, print_report, soak  # noqa: E402
+from tests.soak.harness import FAULTS, SoakConfig, print_report, soak
 
 
 def main() -> int:
@@ -34,6 +34,7 @@ def main() -> int:
     )
     parser.add_argument("--pg-down", type=float, default=5.0, help="seconds PostgreSQL is down")
     parser.add_argument("--receiver-down", type=float, default=10.0, help="seconds")
+    parser.add_argument("--batch-max", type=int, default=25, help="events per request, at most")
     parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args()
     faults = frozenset(f for f in args.faults.split(",") if f)
@@ -48,6 +49,7 @@ def main() -> int:
         pg_down_seconds=args.pg_down,
         receiver_down_seconds=args.receiver_down,
         seed=args.seed,
+        batch_max=args.batch_max,
         drain_timeout=300.0,
     )
     report = soak(config)

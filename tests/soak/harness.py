@@ -89,6 +89,20 @@ ACTIONS: list[tuple[str, dict[str, Any]]] = [
     ("email.unsubscribed", {}),
     ("email.bounced", {}),
 ]
+#: The HR managers (fit 40, letter B) hover around the MQL threshold (score 50): small gains and
+#: penalties. A late penalty then often moves the moment they became MQL, or undoes it until a
+#: later event: the case where subscribers must not hear ``lead.mql`` twice.
+HOVERING = 1
+HOVER_ACTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("page.viewed", {"url": "https://shop.example/pricing"}),
+    ("email.opened", {"message_id": "m1"}),
+    ("content.downloaded", {"title": "guide"}),
+    ("email.unsubscribed", {}),
+    ("email.bounced", {}),
+]
+#: Share of the hovering leads' penalties that arrive late.
+HOVER_LATE_RATE = 0.4
+_HOVERING_SUFFIX = "@hover.soak.example"
 
 
 @dataclass
@@ -297,7 +311,8 @@ def make_events(config: SoakConfig, now: datetime) -> dict[str, list[dict[str, A
     start = now - timedelta(days=20)
     out: dict[str, list[dict[str, Any]]] = {}
     for lead in range(config.leads):
-        email = f"soak{lead:05d}@soak.example"
+        hovering = lead % len(PROFILES) == HOVERING
+        email = f"soak{lead:05d}@{'hover.' if hovering else ''}soak.example"
         seconds = sorted(rng.sample(range(1, 19 * 86400), per_lead))
         events = []
         properties: dict[str, Any]
@@ -306,7 +321,7 @@ def make_events(config: SoakConfig, now: datetime) -> dict[str, list[dict[str, A
                 kind, properties = "form.submitted", {}
                 attributes = dict(PROFILES[lead % len(PROFILES)])
             else:
-                kind, properties = rng.choice(ACTIONS)
+                kind, properties = rng.choice(HOVER_ACTIONS if hovering else ACTIONS)
                 attributes = {}
             events.append(
                 {
@@ -337,7 +352,9 @@ def plan_requests(config: SoakConfig, by_lead: dict[str, list[dict[str, Any]]]) 
     items: list[tuple[float, bool, dict[str, Any]]] = []
     for position, event in enumerate(timeline):
         key = float(position)
-        if rng.random() < config.late_rate:
+        penalty = event["type"] in ("email.unsubscribed", "email.bounced")
+        hovering = penalty and event["lead"]["email"].endswith(_HOVERING_SUFFIX)
+        if rng.random() < (HOVER_LATE_RATE if hovering else config.late_rate):
             key += rng.randint(1, max(1, n // 3)) + 0.5
         items.append((key, False, event))
         if rng.random() < config.duplicate_rate:
@@ -645,6 +662,14 @@ def check(
     )
     if repeated:
         report.fail(f"{len(repeated)} (lead, stage) pairs announced twice: {list(repeated)[:3]}")
+    told: dict[str, set[str]] = defaultdict(set)
+    for lead_id, kind in stage_messages:
+        told[lead_id].add(kind.removeprefix("lead."))
+    differ = [
+        row.email for row in leads.values() if told.get(row.id, set()) != set(row.announced_stages)
+    ]
+    if differ:
+        report.fail(f"{len(differ)} leads' announced stages differ from messages: {differ[:3]}")
     unannounced = [
         row.email
         for row in leads.values()

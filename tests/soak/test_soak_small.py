@@ -24,7 +24,10 @@ def test_load_with_faults_on_postgresql_keeps_every_promise() -> None:
     except ClusterUnavailable as exc:
         pytest.skip(str(exc))
     lines: list[str] = []
-    report = soak(SoakConfig(events=1500, leads=60, clients=4, faults=FAULTS, log=lines.append))
+    config = SoakConfig(
+        events=1500, leads=60, clients=4, batch_max=20, faults=FAULTS, log=lines.append
+    )
+    report = soak(config)
     print_report(report, lines.append)
     assert not report.failures, "\n".join(lines)
     counts = report.counts
