@@ -25,17 +25,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("leads") as batch:
-        batch.add_column(
-            sa.Column(
-                "announced_stages",
-                sa.JSON().with_variant(JSONB(), "postgresql"),
-                nullable=False,
-                server_default=sa.text("'[]'"),
-            )
-        )
+    # Plain ALTER TABLE on both databases: a batch "move and copy" of ``leads`` on SQLite would
+    # drop the table, and its ON DELETE CASCADE would empty the history and the events.
+    op.add_column(
+        "leads",
+        sa.Column(
+            "announced_stages",
+            sa.JSON().with_variant(JSONB(), "postgresql"),
+            nullable=False,
+            server_default=sa.text("'[]'"),
+        ),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("leads") as batch:
-        batch.drop_column("announced_stages")
+    op.drop_column("leads", "announced_stages")  # SQLite 3.35+ drops a column in place
