@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,10 +21,9 @@ from tests.receiver import receiving
 from leadscore_api.app import create_app
 from leadscore_api.config import Settings
 from leadscore_api.ingest.events import normalise_email
-from leadscore_api.storage.db import make_engine, make_session_factory
+from leadscore_api.storage.db import make_engine
 from leadscore_api.storage.delivery_models import LeadTimer
 from leadscore_api.storage.migrate import upgrade_database
-from leadscore_api.storage.models import Lead, LeadIdentity
 
 FORM_TOKEN = "form-token-for-privacy-tests"
 
@@ -236,11 +236,30 @@ def test_the_migration_renormalises_stored_email_keys(database_url: str) -> None
     }
     engine = make_engine(database_url, poolclass=NullPool)
     try:
-        with make_session_factory(engine)() as session:
+        # The tables as they were at 0010, not today's models (later revisions add columns).
+        with engine.begin() as connection:
+            leads = sa.Table("leads", sa.MetaData(), autoload_with=connection)
+            identities = sa.Table("lead_identities", sa.MetaData(), autoload_with=connection)
             for lead_id, email in stored.items():
-                session.add(Lead(id=lead_id, email=email, created_at=now, updated_at=now))
-                session.add(LeadIdentity(kind="email", value=email, lead_id=lead_id))
-            session.commit()
+                connection.execute(
+                    leads.insert().values(
+                        id=lead_id,
+                        email=email,
+                        attributes={},
+                        score=0,
+                        stage="lead",
+                        components={},
+                        models={},
+                        created_at=now,
+                        updated_at=now,
+                        version=1,
+                    )
+                )
+                connection.execute(
+                    identities.insert().values(
+                        kind="email", value=email, lead_id=lead_id, created_at=now
+                    )
+                )
     finally:
         engine.dispose()
     upgrade_database(database_url)

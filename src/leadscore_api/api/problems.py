@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leadscore_api.errors import (
@@ -28,6 +29,7 @@ from leadscore_api.errors import (
     NotFound,
     describe_validation,
 )
+from leadscore_api.storage.db import DatabaseUnavailable, is_unavailable
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:leadscore:problem:"
@@ -123,8 +125,23 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database that is away is a 503 with Retry-After (clients and load balancers retry),
+    not a 500; any other database error is a bug and goes to the unhandled path."""
+    if not is_unavailable(exc):
+        return await _on_unhandled(request, exc)
+    log.warning(
+        "database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+    )
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(kind="DatabaseUnavailable").inc()
+    return problem_response(request, DatabaseUnavailable())
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LeadscoreError, _on_leadscore_error)
+    app.add_exception_handler(DBAPIError, _on_database_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(Exception, _on_unhandled)

@@ -231,6 +231,8 @@ def merge_leads(
             other_id,
             {"id": target.id, "email": target.email, "external_id": target.external_id},
         )
+        # Subscribers heard of the other lead's stages: the merged person is not new to them.
+        target.announced_stages = sorted(set(target.announced_stages) | set(other.announced_stages))
         leads_repo.delete_lead(session, other_id)
         scores = leads_repo.load_scores(session, [target_id]).get(target_id, {})
         pending = PendingWrites()

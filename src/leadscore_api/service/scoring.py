@@ -346,7 +346,9 @@ def _record_changes(
         if cause == "time":
             explanation = {**explanation, "because": _time_reason(loaded, before, summary)}
         if is_primary:
-            found = transitions_between(before, step.result, event_id, changed_at)
+            found = _first_crossings(
+                lead, before, transitions_between(before, step.result, event_id, changed_at)
+            )
             if found:
                 update_.transitions.setdefault(event_id, []).extend(found)
         pending.history.append(
@@ -366,6 +368,28 @@ def _record_changes(
         )
         before = summary
         folded = []
+
+
+def _first_crossings(
+    lead: LeadData, before: dict[str, Any] | None, found: list[Transition]
+) -> list[Transition]:
+    """``found`` without the ``lead.<stage>`` transitions subscribers have already been sent.
+
+    The timeline a late event replays may reach a stage later than before, or not at all until
+    a later event; the lead then "reaches" it again, but for the subscribers it is the same
+    crossing. What was announced is remembered on the lead (the stages of its stored summary
+    count too: leads scored before the column existed). ``lead.stage_changed`` still follows
+    the current stage both ways.
+    """
+    announced = set(lead.announced_stages)
+    if before is not None:
+        announced.update(before.get("stages_reached", ()))
+    reached = {t.to_value for t in found if t.to_value and t.type == f"lead.{t.to_value}"}
+    kept = [t for t in found if not (t.type == f"lead.{t.to_value}" and t.to_value in announced)]
+    announced |= reached
+    if announced != set(lead.announced_stages):
+        lead.announced_stages = sorted(announced)
+    return kept
 
 
 def _time_reason(
