@@ -28,8 +28,12 @@ from starlette.concurrency import run_in_threadpool
 
 from leadscore_api import __version__
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from leadscore_api.api.problems import ProblemDetail, install_problem_handlers
+from leadscore_api.api.middleware import (
+    BodyLimitMiddleware,
+    InputGuardMiddleware,
+    MetricsMiddleware,
+)
+from leadscore_api.api.problems import ProblemDetail, document_problems, install_problem_handlers
 from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
@@ -49,6 +53,9 @@ from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 log = logging.getLogger("leadscore")
+
+#: Routes that check each item of a batch themselves, so one bad event is rejected alone.
+PER_ITEM_PATHS = ("/v1/events", "/v1/webhooks/")
 
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -180,6 +187,8 @@ def create_app(
     app.state.started = False
 
     install_problem_handlers(app)
+    # Inside the body limit, so that it reads a body already limited.
+    app.add_middleware(InputGuardMiddleware, per_item_prefixes=PER_ITEM_PATHS)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
@@ -204,6 +213,7 @@ def create_app(
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(model_schema.pop("$defs", {}))
             schemas[model.__name__] = model_schema
+        document_problems(schema)
         app.openapi_schema = schema
         return schema
 

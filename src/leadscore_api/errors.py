@@ -206,6 +206,12 @@ def describe_validation(
             message = "is not valid JSON"
         loc = tuple(error.get("loc", ()))
         field = field_path(loc, default=default, from_request=from_request)
+        # A validator that looked inside a value (ingest/storable.py) says where in it.
+        cause = (error.get("ctx") or {}).get("error")
+        inner = getattr(cause, "path", None)
+        if isinstance(inner, str) and inner:
+            field += inner if inner.startswith("[") else f".{inner}"
+            message = str(getattr(cause, "message", message))
         out.append({"field": field, "message": message})
     return out
 

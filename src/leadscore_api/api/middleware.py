@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: body size limit and request metrics.
+"""Pure ASGI middleware: body size limit, unstorable input, request metrics.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that the body is never buffered by the middleware
 itself and streaming bodies are counted as they arrive.
@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 import time
+from urllib.parse import parse_qsl
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leadscore_api import json_codec
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, problem_body
-from leadscore_api.errors import BadRequest, BodyTooLarge, LeadscoreError
+from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, problem_body, problem_response
+from leadscore_api.errors import BadRequest, BodyTooLarge, InvalidInput, LeadscoreError, NotFound
+from leadscore_api.ingest.storable import (
+    SUSPICIOUS_JSON,
+    find_problem,
+    identifier_problem,
+    text_problem,
+)
 
 
 class BodyLimitMiddleware:
@@ -126,3 +135,110 @@ class MetricsMiddleware:
             self.metrics.latency.labels(route=template, method=method).observe(
                 time.perf_counter() - start
             )
+
+
+class InputGuardMiddleware:
+    """Refuse what no database can store before a route sees it (docs/errors.md).
+
+    Routes read paths, query strings and JSON bodies through the framework, which hands them
+    on as text: a NUL or a lone surrogate there reaches a SQL parameter and fails there (a 500
+    on PostgreSQL). Checking here, once, covers every route, new ones included. Paths in
+    ``per_item_prefixes`` (``POST /v1/events`` and the webhooks) are left to their routes,
+    which reject one bad event of a batch alone (``ingest/events.py``) rather than the batch.
+
+    A request pays only a byte test unless its query string has escapes or its JSON body has
+    ``\\u`` escapes or a long exponent (``SUSPICIOUS_JSON``); then it is decoded and walked.
+    """
+
+    def __init__(self, app: ASGIApp, per_item_prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.per_item_prefixes = per_item_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if identifier_problem(path):
+            await _problem_app(scope, NotFound("no resource has a name with control characters"))(
+                scope, receive, send
+            )
+            return
+        query: bytes = scope.get("query_string", b"")
+        if query and (b"%" in query or not query.isascii()):
+            error = _query_problem(query)
+            if error is not None:
+                await _problem_app(scope, error)(scope, receive, send)
+                return
+        if scope.get("method") not in ("POST", "PUT", "PATCH") or path.startswith(
+            self.per_item_prefixes
+        ):
+            await self.app(scope, receive, send)
+            return
+        content_type = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"content-type":
+                content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
+        if content_type and not (
+            content_type == "application/json" or content_type.endswith("+json")
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        if SUSPICIOUS_JSON.search(body):
+            error = _body_problem(body)
+            if error is not None:
+                await _problem_app(scope, error)(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive() if more else {"type": "http.disconnect"}
+
+        await self.app(scope, replay, send)
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The whole body (under the body limit, which wraps ``receive``); whether the client left."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+
+
+def _query_problem(query: bytes) -> LeadscoreError | None:
+    try:
+        pairs = parse_qsl(
+            query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        return InvalidInput.field("query", "is not UTF-8 text")
+    for name, value in pairs:
+        problem = text_problem(name) or text_problem(value)
+        if problem is not None:
+            return InvalidInput.field(name if not text_problem(name) else "query", problem)
+    return None
+
+
+def _body_problem(body: bytes) -> LeadscoreError | None:
+    try:
+        value = json_codec.parse(body)
+    except (ValueError, UnicodeDecodeError):
+        return None  # not JSON: the route answers that itself
+    found = find_problem(value)
+    if found is None:
+        return None
+    return InvalidInput.field(found[0] or "body", found[1])
+
+
+def _problem_app(scope: Scope, error: LeadscoreError) -> ASGIApp:
+    """The problem answer as an ASGI app (the app's exception handlers are not reached here)."""
+    return problem_response(Request(scope), error)
