@@ -171,7 +171,9 @@ def make_event(index: int, **values: Any) -> CanonicalEvent | AdapterError:
         return CanonicalEvent.model_validate(values)
     except ValidationError as exc:
         problems = describe_validation(exc.errors(), default="event", from_request=False)
-        return AdapterError(index=index, error=summarise(problems), id=printable_id(values.get("id")))
+        return AdapterError(
+            index=index, error=summarise(problems), id=printable_id(values.get("id"))
+        )
 
 
 def load_json(body: bytes) -> Any:
