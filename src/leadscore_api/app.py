@@ -34,6 +34,7 @@ from leadscore_api.api.middleware import (
     MetricsMiddleware,
 )
 from leadscore_api.api.problems import ProblemDetail, document_problems, install_problem_handlers
+from leadscore_api.api.rate_limits import rate_limits_for
 from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
@@ -139,6 +140,8 @@ def create_app(
         max_group_events=settings.ingest_group_events,
     )
 
+    rate_limits = rate_limits_for(settings)
+
     hooks: list[LifespanHook] = [
         *lifespan_hooks,
         ruleset_follower,
@@ -163,6 +166,8 @@ def create_app(
             finally:
                 app.state.started = False
         await run_in_threadpool(ingest_writer.close)
+        if rate_limits is not None:
+            await rate_limits.aclose()
         if checkpointer is not None:
             await run_in_threadpool(checkpointer.stop)
         engine.dispose()
@@ -183,6 +188,7 @@ def create_app(
     app.state.ingest_writer = ingest_writer
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
+    app.state.rate_limits = rate_limits
     app.state.report_cache = ReportCache(settings.dashboard_cache_seconds)
     app.state.started = False
 

@@ -124,7 +124,7 @@ class MethodNotAllowed(LeadscoreError):
     title = "Method not allowed"
 
 
-# -- 409 / 413 / 422 / 503 -------------------------------------------------------------------
+# -- 409 / 413 / 422 / 429 / 503 -------------------------------------------------------------
 
 
 class Conflict(LeadscoreError):
@@ -157,6 +157,14 @@ class InvalidInput(LeadscoreError):
     @classmethod
     def fields(cls, errors: Sequence[FieldProblem]) -> InvalidInput:
         return cls(summarise(errors), errors=errors)
+
+
+class RateLimited(LeadscoreError):
+    """Over a rate limit (``LEADSCORE_RATE_LIMIT_*``); ``Retry-After`` says when to come back."""
+
+    status = 429
+    problem_type = "rate-limited"
+    title = "Too many requests"
 
 
 class Unavailable(LeadscoreError):
