@@ -85,3 +85,16 @@ def test_too_large_a_body_is_refused_before_the_app_in_the_same_shape(client: Te
     body = problem(response, 413, "body-too-large")
     assert str(limit) in body["detail"]
     assert response.text == response.text.replace(", ", ",")  # compact, like every other body
+
+
+def test_a_405_names_every_method_of_the_path_in_allow(client: TestClient) -> None:
+    """GET and POST of /v1/leads... are separate routes; Allow must list them all (RFC 9110)."""
+    for path, expected in (
+        ("/v1/subscriptions", {"GET", "HEAD", "POST"}),
+        ("/v1/webhooks/form", {"GET", "HEAD", "POST"}),
+        ("/v1/events", {"POST"}),
+    ):
+        response = client.put(path, json={})
+        body = problem(response, 405, "method-not-allowed")
+        assert set(response.headers["allow"].split(", ")) == expected, path
+        assert "PUT" in body["detail"]

@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,12 @@ def _client(database_url: str, **overrides: Any) -> TestClient:
         headers=auth(TEST_ADMIN_KEY),
         raise_server_exceptions=False,
     )
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the counters live in Redis or in memory, never in the database."""
+    return f"sqlite:///{tmp_path / 'leadscore.db'}"
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leadscore_api import json_codec
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, problem_body, problem_response
 from leadscore_api.errors import BadRequest, BodyTooLarge, InvalidInput, LeadscoreError, NotFound
@@ -146,8 +145,9 @@ class InputGuardMiddleware:
     ``per_item_prefixes`` (``POST /v1/events`` and the webhooks) are left to their routes,
     which reject one bad event of a batch alone (``ingest/events.py``) rather than the batch.
 
-    A request pays only a byte test unless its query string has escapes or its JSON body has
-    ``\\u`` escapes or a long exponent (``SUSPICIOUS_JSON``); then it is decoded and walked.
+    Form bodies (the dashboard's sign-in) are checked like query strings. A request pays only
+    a byte test unless its query string or form has escapes or its JSON body has ``\\u``
+    escapes or a long exponent (``SUSPICIOUS_JSON``); then it is decoded and walked.
     """
 
     def __init__(self, app: ASGIApp, per_item_prefixes: tuple[str, ...] = ()) -> None:
@@ -179,17 +179,20 @@ class InputGuardMiddleware:
         for name, value in scope.get("headers", ()):
             if name == b"content-type":
                 content_type = value.decode("latin-1").split(";", 1)[0].strip().lower()
-        if content_type and not (
-            content_type == "application/json" or content_type.endswith("+json")
-        ):
+        is_form = content_type == "application/x-www-form-urlencoded"
+        if not is_form and not _is_json(content_type):
             await self.app(scope, receive, send)
             return
         body, more = await _read_body(receive)
-        if SUSPICIOUS_JSON.search(body):
+        error = None
+        if is_form:
+            if b"%" in body or not body.isascii():
+                error = _query_problem(body)
+        elif SUSPICIOUS_JSON.search(body):
             error = _body_problem(body)
-            if error is not None:
-                await _problem_app(scope, error)(scope, receive, send)
-                return
+        if error is not None:
+            await _problem_app(scope, error)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -200,6 +203,11 @@ class InputGuardMiddleware:
             return await receive() if more else {"type": "http.disconnect"}
 
         await self.app(scope, replay, send)
+
+
+def _is_json(content_type: str) -> bool:
+    """FastAPI reads a body without a media type as JSON too."""
+    return not content_type or content_type == "application/json" or content_type.endswith("+json")
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -215,6 +223,7 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
 
 
 def _query_problem(query: bytes) -> LeadscoreError | None:
+    """A query string or form body whose names or values cannot be stored, naming the field."""
     try:
         pairs = parse_qsl(
             query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict"
@@ -230,8 +239,9 @@ def _query_problem(query: bytes) -> LeadscoreError | None:
 
 def _body_problem(body: bytes) -> LeadscoreError | None:
     try:
-        value = json_codec.parse(body)
-    except (ValueError, UnicodeDecodeError):
+        # The standard parser, as FastAPI's: it reads NaN and Infinity, which are then refused.
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # not JSON: the route answers that itself
     found = find_problem(value)
     if found is None:

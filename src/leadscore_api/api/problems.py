@@ -11,6 +11,7 @@ caller.
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -19,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from leadscore_api.errors import (
     InvalidInput,
@@ -87,7 +87,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404:
         error = NotFound(f"no route matches {request.method} {request.url.path}")
     elif exc.status_code == 405:
-        allowed = allowed_methods(request)
+        allowed = allowed_methods(request, (headers or {}).get("Allow"))
         error = MethodNotAllowed(
             f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}",
             headers={**(headers or {}), "Allow": allowed},
@@ -97,17 +97,28 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, error)
 
 
-def allowed_methods(request: Request) -> str:
+def allowed_methods(request: Request, named: str | None) -> str:
     """Every method some route takes on this path (RFC 9110: ``Allow`` lists them all).
 
     Starlette names only the methods of the first route whose path matched, and this app
-    declares GET and POST of one path as two routes.
+    declares GET and POST of one path as two routes; the OpenAPI document knows them all.
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _child = route.matches({**request.scope, "method": "GET"})
-        if match == Match.FULL or match == Match.PARTIAL:
-            methods |= set(getattr(route, "methods", None) or ())
+    methods = {m.strip().upper() for m in (named or "").split(",") if m.strip()}
+    templates: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        request.app.state, "allowed_methods", None
+    )
+    if templates is None:
+        templates = [
+            (
+                re.compile(re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(path)) + "$"),
+                {method.upper() for method in item if method in _OPERATIONS},
+            )
+            for path, item in request.app.openapi().get("paths", {}).items()
+        ]
+        request.app.state.allowed_methods = templates
+    for pattern, path_methods in templates:
+        if pattern.match(request.url.path):
+            methods |= path_methods
     if "GET" in methods:
         methods.add("HEAD")
     return ", ".join(sorted(methods))

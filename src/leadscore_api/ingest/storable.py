@@ -23,12 +23,16 @@ import orjson
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 #: Characters an identifier may not hold: the above plus every C0/C1 control and DEL.
 _NOT_IN_IDENTIFIERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-#: Raw JSON that may parse into an unstorable value: a ``\\u0000`` or surrogate escape, or a
-#: number with a three-digit exponent. A body without any of these needs no walk at all.
-SUSPICIOUS_JSON = re.compile(rb"\\u(?:0000|[dD][89abcdefABCDEF])|[0-9][eE][+-]?[0-9]{3}")
+#: Raw JSON that may parse into an unstorable value: a ``\\u0000`` or surrogate escape, a
+#: number with a three-digit exponent, or the ``NaN``/``Infinity`` the standard parser (and so
+#: FastAPI) accepts. A body without any of these needs no walk at all.
+SUSPICIOUS_JSON = re.compile(
+    rb"\\u(?:0000|[dD][89abcdefABCDEF])|[0-9][eE][+-]?[0-9]{3}|NaN|Infinity"
+)
 
-#: Deepest nesting of objects and arrays accepted inside a value (properties, raw payloads).
-MAX_DEPTH = 32
+#: Deepest nesting of objects and arrays accepted inside a value (properties, raw payloads):
+#: orjson's own limit for writing JSON, which is what stores these values.
+MAX_DEPTH = 254
 
 
 class UnstorableValue(ValueError):
