@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,8 @@ from leadscore_api.app import create_app
 from leadscore_api.service.api_keys import SCOPES
 from leadscore_api.storage.migrate import upgrade_database
 
-MAX_EXAMPLES = 3
+#: Examples per operation and mode: 3 in CI; set LEADSCORE_FUZZ_EXAMPLES for a deeper local run.
+MAX_EXAMPLES = int(os.environ.get("LEADSCORE_FUZZ_EXAMPLES", "3"))
 
 
 @dataclass
