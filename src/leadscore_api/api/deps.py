@@ -128,7 +128,7 @@ class RequireScope:
             )
         if not principal.has(self.scope):
             raise Forbidden(f"this API key lacks the scope {self.scope!r}")
-        limits: RateLimits | None = request.app.state.rate_limits
+        limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
         if limits is not None:
             await limits.check_key(principal.key_id)
         request.state.principal = principal

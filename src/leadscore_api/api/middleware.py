@@ -187,7 +187,7 @@ class InputGuardMiddleware:
         error = None
         if is_form:
             if b"%" in body or not body.isascii():
-                error = _query_problem(body)
+                error = _query_problem(body, "body")
         elif SUSPICIOUS_JSON.search(body):
             error = _body_problem(body)
         if error is not None:
@@ -222,18 +222,20 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
             return b"".join(chunks), True
 
 
-def _query_problem(query: bytes) -> LeadscoreError | None:
-    """A query string or form body whose names or values cannot be stored, naming the field."""
+def _query_problem(query: bytes, where: str = "query") -> LeadscoreError | None:
+    """A query string or form body whose names or values cannot be stored, naming the field
+    (``where`` when the name itself is the problem)."""
     try:
         pairs = parse_qsl(
             query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict"
         )
     except UnicodeDecodeError:
-        return InvalidInput.field("query", "is not UTF-8 text")
+        return InvalidInput.field(where, "is not UTF-8 text")
     for name, value in pairs:
-        problem = text_problem(name) or text_problem(value)
-        if problem is not None:
-            return InvalidInput.field(name if not text_problem(name) else "query", problem)
+        if problem := text_problem(name):
+            return InvalidInput.field(where, f"a parameter name {problem}")
+        if problem := text_problem(value):
+            return InvalidInput.field(name, problem)
     return None
 
 

@@ -68,7 +68,7 @@ async def receive_webhook(
     See docs/integrations.md for the URL and secret of each platform.
     """
     service.adapter_for(source)
-    limits: RateLimits | None = request.app.state.rate_limits
+    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
     if limits is not None:
         await limits.check_source(source)
     inbound = WebhookRequest(
