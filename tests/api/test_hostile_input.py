@@ -158,11 +158,19 @@ def test_other_routes_refuse_unstorable_input_naming_the_field(hostile: TestClie
     assert nan.json()["errors"][0]["field"] == "a"
 
 
-def test_a_path_with_a_nul_is_not_found(hostile: TestClient) -> None:
-    for path in ("/v1/leads/a%00b", "/v1/leads/a%00b/history", "/v1/reps/%00"):
+def test_a_path_parameter_with_a_nul_is_a_422_naming_it(hostile: TestClient) -> None:
+    for path, field in (
+        ("/v1/leads/a%00b", "lead_id"),
+        ("/v1/leads/a%00b/history", "lead_id"),
+        ("/v1/reps/%00", "rep_id"),
+        ("/v1/rulesets/x/versions/%01", "version"),
+    ):
         response = hostile.get(path)
-        assert response.status_code == 404, response.text
+        assert response.status_code == 422, response.text
         assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["errors"][0]["field"] == field
+    nowhere = hostile.get("/v1/nothing/%00")
+    assert nowhere.status_code == 404, nowhere.text
 
 
 def test_form_webhooks_reject_hostile_bytes_per_event(hostile: TestClient) -> None:

@@ -14,7 +14,12 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.problems import PROBLEM_MEDIA_TYPE, problem_body, problem_response
+from leadscore_api.api.problems import (
+    PROBLEM_MEDIA_TYPE,
+    path_templates,
+    problem_body,
+    problem_response,
+)
 from leadscore_api.errors import BadRequest, BodyTooLarge, InvalidInput, LeadscoreError, NotFound
 from leadscore_api.ingest.storable import (
     SUSPICIOUS_JSON,
@@ -160,9 +165,7 @@ class InputGuardMiddleware:
             return
         path: str = scope.get("path", "")
         if identifier_problem(path):
-            await _problem_app(scope, NotFound("no resource has a name with control characters"))(
-                scope, receive, send
-            )
+            await _problem_app(scope, _path_problem(scope, path))(scope, receive, send)
             return
         query: bytes = scope.get("query_string", b"")
         if query and (b"%" in query or not query.isascii()):
@@ -220,6 +223,20 @@ async def _read_body(receive: Receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), True
+
+
+def _path_problem(scope: Scope, path: str) -> LeadscoreError:
+    """A path with a control character: 422 naming the parameter that holds it, else 404."""
+    app = scope.get("app")
+    if app is not None:
+        for pattern, _methods in path_templates(app):
+            matched = pattern.match(path)
+            if matched is None:
+                continue
+            for name, value in matched.groupdict().items():
+                if problem := identifier_problem(value):
+                    return InvalidInput.field(name, problem)
+    return NotFound(f"no route matches {path!r}")
 
 
 def _query_problem(query: bytes, where: str = "query") -> LeadscoreError | None:

@@ -97,6 +97,25 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, error)
 
 
+def path_templates(app: Any) -> list[tuple[re.Pattern[str], set[str]]]:
+    """Each path of the app's OpenAPI document as a pattern (one named group per parameter)
+    with its methods; built once per app. The document lists every route, included routers'
+    too, which Starlette's route list (lazily included in FastAPI 0.165) does not."""
+    templates: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        app.state, "path_templates", None
+    )
+    if templates is None:
+        templates = [
+            (
+                re.compile(re.sub(r"\\{([^/}]+)\\}", r"(?P<\1>[^/]+)", re.escape(path)) + "$"),
+                {method.upper() for method in item if method in _OPERATIONS},
+            )
+            for path, item in app.openapi().get("paths", {}).items()
+        ]
+        app.state.path_templates = templates
+    return templates
+
+
 def allowed_methods(request: Request, named: str | None) -> str:
     """Every method some route takes on this path (RFC 9110: ``Allow`` lists them all).
 
@@ -104,19 +123,7 @@ def allowed_methods(request: Request, named: str | None) -> str:
     declares GET and POST of one path as two routes; the OpenAPI document knows them all.
     """
     methods = {m.strip().upper() for m in (named or "").split(",") if m.strip()}
-    templates: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
-        request.app.state, "allowed_methods", None
-    )
-    if templates is None:
-        templates = [
-            (
-                re.compile(re.sub(r"\\{[^/}]+\\}", "[^/]+", re.escape(path)) + "$"),
-                {method.upper() for method in item if method in _OPERATIONS},
-            )
-            for path, item in request.app.openapi().get("paths", {}).items()
-        ]
-        request.app.state.allowed_methods = templates
-    for pattern, path_methods in templates:
+    for pattern, path_methods in path_templates(request.app):
         if pattern.match(request.url.path):
             methods |= path_methods
     if "GET" in methods:
