@@ -135,6 +135,7 @@ OTHER_ROUTES: list[tuple[str, str, Any, str]] = [
         "url",
     ),
     ("POST", "/v1/rulesets/backtest", {"ruleset": {"x": [1e400]}}, "ruleset.x[0]"),
+    ("POST", "/v1/rulesets/backtest", {"content": "x", "from": "2026-01-01T00:00\x00Z"}, "from"),
     ("GET", "/v1/leads?email=a%00b", None, "email"),
     ("GET", "/v1/leads?tier=%ED%A0%80", None, "query"),
     ("GET", "/v1/reports/summary?since=%00", None, "since"),
