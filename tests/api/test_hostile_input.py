@@ -149,10 +149,6 @@ def test_other_routes_refuse_unstorable_input_naming_the_field(hostile: TestClie
         assert response.status_code == 422, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["field"] == field, (path, response.text)
-    # A form body (the dashboard's sign-in) is read like a query string.
-    form = hostile.post("/dashboard/login", content=b"key=lsk_%00", headers=FORM)
-    assert form.status_code == 422, form.text
-    assert form.json()["errors"][0]["field"] == "key"
     # NaN and Infinity, which the standard parser reads, are refused like 1e400.
     nan = hostile.post("/v1/reps", content=b'{"name": "x", "email": "n@example.com", "a": NaN}')
     assert nan.status_code == 422, nan.text

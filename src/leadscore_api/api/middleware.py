@@ -146,24 +146,28 @@ class InputGuardMiddleware:
 
     Routes read paths, query strings and JSON bodies through the framework, which hands them
     on as text: a NUL or a lone surrogate there reaches a SQL parameter and fails there (a 500
-    on PostgreSQL). Checking here, once, covers every route, new ones included. Paths in
+    on PostgreSQL). Checking here, once, covers every API route under ``prefix``, new ones
+    included; the dashboard's HTML pages answer hostile input with pages of their own. Paths in
     ``per_item_prefixes`` (``POST /v1/events`` and the webhooks) are left to their routes,
     which reject one bad event of a batch alone (``ingest/events.py``) rather than the batch.
 
-    Form bodies (the dashboard's sign-in) are checked like query strings. A request pays only
+    Form bodies are checked like query strings. A request pays only
     a byte test unless its query string or form has escapes or its JSON body has ``\\u``
     escapes or a long exponent (``SUSPICIOUS_JSON``); then it is decoded and walked.
     """
 
-    def __init__(self, app: ASGIApp, per_item_prefixes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, app: ASGIApp, prefix: str = "/v1/", per_item_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
+        self.prefix = prefix
         self.per_item_prefixes = per_item_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
         if identifier_problem(path):
             await _problem_app(scope, _path_problem(scope, path))(scope, receive, send)
             return
