@@ -26,12 +26,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from leadscore_api import __version__
+from leadscore_api import __version__, logs
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.middleware import (
     BodyLimitMiddleware,
     InputGuardMiddleware,
     MetricsMiddleware,
+    RequestContextMiddleware,
 )
 from leadscore_api.api.problems import ProblemDetail, document_problems, install_problem_handlers
 from leadscore_api.api.rate_limits import rate_limits_for
@@ -39,6 +40,7 @@ from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service import delivery
 from leadscore_api.service.api_keys import PrincipalCache
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
@@ -127,6 +129,7 @@ def create_app(
 ) -> FastAPI:
     """Build the application; raises ``RuleFileError``/``RegistryError`` on unusable rules."""
     settings = settings or get_settings()
+    logs.route_to_stdlib()
     registry = RulesetRegistry.load(settings)
     engine = make_engine(settings.database_url)
     checkpointer = WalCheckpointer.for_engine(engine)
@@ -186,6 +189,7 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.ingest_writer = ingest_writer
+    metrics.watch_outbox(lambda: delivery.queue_stats(read_session_factory))
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
     app.state.rate_limits = rate_limits
@@ -201,6 +205,8 @@ def create_app(
         path_limits={"/v1/leads/import": settings.max_import_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every answer, a 413 from the body limit too, carries its request id.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
 
     for router in ROUTERS:
         app.include_router(router)

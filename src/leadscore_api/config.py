@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from limits import parse_many
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
@@ -117,8 +117,13 @@ class Settings(BaseSettings):
     #: How old the dashboard's figures may be: each view's report is computed at most once in
     #: this many seconds per process and kept warm while in use (0: computed on every load).
     dashboard_cache_seconds: float = 60.0
-    #: uvicorn's access log, one line per request (off: /metrics still counts every request).
+    #: The access log, one line per request with its id, route, status and time (off:
+    #: /metrics still counts every request). Never the query string: emails and tokens go there.
     access_log: bool = True
+    #: ``json`` (one object a line, for a log pipeline) or ``console`` (readable text).
+    log_format: Literal["json", "console"] = "json"
+    #: The lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Writer threads that run ingest requests together (group commit). One: SQLite has a
     #: single writer anyway, and on PostgreSQL a second writer measured slower (the two threads
     #: and the event loop contend for the interpreter; groups got smaller).
@@ -281,6 +286,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(_without_name(str(exc), name)) from None
         return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _log_case(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
     @field_validator(*_WEBHOOK_SECRETS)
     @classmethod

@@ -1,18 +1,22 @@
-"""Pure ASGI middleware: body size limit, unstorable input, request metrics.
+"""Pure ASGI middleware: request ids and the access log, body size limit, unstorable input,
+request metrics.
 
-Pure ASGI (not ``BaseHTTPMiddleware``) so that the body is never buffered by the middleware
-itself and streaming bodies are counted as they arrive.
+Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming bodies are counted as they arrive; only
+the input guard reads a body whole, an API body under the body limit, before its route does.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leadscore_api import logs
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -275,3 +279,59 @@ def _body_problem(body: bytes) -> LeadscoreError | None:
 def _problem_app(scope: Scope, error: LeadscoreError) -> ASGIApp:
     """The problem answer as an ASGI app (the app's exception handlers are not reached here)."""
     return problem_response(Request(scope), error)
+
+
+#: A request id a client or proxy may give: short, and nothing that could forge a log line.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_access = logs.get_logger("leadscore.access")
+
+
+class RequestContextMiddleware:
+    """Give each request an id, bind it into every log line, return it, log the request.
+
+    The id is the caller's ``X-Request-ID`` when it looks like one (a proxy's or a client's, so
+    their logs and ours can be joined), otherwise a new one. The access line names the path and
+    the route template, never the query string: emails and webhook tokens travel there.
+    """
+
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                text = value.decode("latin-1")
+                if _REQUEST_ID.match(text):
+                    request_id = text
+                break
+        request_id = request_id or uuid.uuid4().hex
+        header = (b"x-request-id", request_id.encode("ascii"))
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        with logs.bind_request(request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if self.access_log:
+                    route = scope.get("route")
+                    _access.info(
+                        "request",
+                        method=scope.get("method"),
+                        path=scope.get("path"),
+                        route=getattr(route, "path", None),
+                        status=status,
+                        duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                    )

@@ -28,7 +28,7 @@ from leadscore_api.api.problems import problem_responses
 from leadscore_api.api.rate_limits import RateLimits
 from leadscore_api.ingest.sources import Ignored, WebhookRequest
 from leadscore_api.service import webhooks as service
-from leadscore_api.service.ingestion import EventResult
+from leadscore_api.service.ingestion import EventResult, log_results
 from leadscore_api.storage.base import utcnow
 
 router = APIRouter(tags=["webhooks"])
@@ -82,7 +82,8 @@ async def receive_webhook(
     outcome = await run_in_threadpool(
         service.receive, source, inbound, settings, registry, session_factory
     )
-    metrics.record_ingest(outcome.ingested)
+    metrics.record_ingest(outcome.ingested, source)
+    log_results(outcome.ingested, source)
     return WebhookResults(results=[_answer(item) for item in outcome.results])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from leadscore_api.cli.costs import costs
+from leadscore_api.cli.migrate import migrate
 from leadscore_api.cli.reps import reps
 from leadscore_api.cli.rules import rules
 from leadscore_api.cli.serve import apikey, serve
@@ -20,6 +21,7 @@ def main() -> None:
 
 main.add_command(rules)
 main.add_command(serve)
+main.add_command(migrate)
 main.add_command(apikey)
 main.add_command(worker)
 main.add_command(reps)

@@ -36,7 +36,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api import __version__
+from leadscore_api import __version__, logs
 from leadscore_api.config import Settings
 from leadscore_api.delivery.schedule import next_delay, parse_retry_after
 from leadscore_api.delivery.signer import canonical_body, signature_headers
@@ -398,7 +398,8 @@ class DeliveryWorker:
         sub.disabled_reason = reason
         sub.disabled_at = now
         self.metrics.disabled.labels(label).inc()
-        log.warning("subscription %s (%s) disabled: %s", sub.id, sub.url, reason)
+        # Never the whole URL: it may carry user:password@ or a token in its query.
+        log.warning("subscription %s (%s) disabled: %s", sub.id, logs.safe_url(sub.url), reason)
 
     # -- loop --------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url`` with per-backend connection settings."""
     kwargs.setdefault("json_serializer", json_codec.dumps)
     kwargs.setdefault("json_deserializer", json_codec.loads)
+    # A statement's parameters hold emails and payloads: never in an error message or a log.
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_engine(
             url,

@@ -10,6 +10,7 @@ from leadscore_api.storage import (
     directory_models,
     lifecycle_models,
     models,
+    privacy_models,
     report_models,
     snapshot_models,
 )
@@ -24,6 +25,7 @@ TABLE_MODULES = (
     report_models,
     snapshot_models,
     dashboard_models,
+    privacy_models,
 )
 
 

@@ -33,3 +33,22 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def migration_status(database_url: str) -> tuple[str | None, str]:
+    """The database's current revision (None when it was never migrated) and the code's head.
+
+    Deployments run migrations as their own step before the new code serves; this is how that
+    step (and a readiness check in a pipeline) tells whether there is anything to apply.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    return current, head or ""
