@@ -30,10 +30,12 @@ from leadscore_api import __version__, logs
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.middleware import (
     BodyLimitMiddleware,
+    InputGuardMiddleware,
     MetricsMiddleware,
     RequestContextMiddleware,
 )
-from leadscore_api.api.problems import ProblemDetail, install_problem_handlers
+from leadscore_api.api.problems import ProblemDetail, document_problems, install_problem_handlers
+from leadscore_api.api.rate_limits import rate_limits_for
 from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
@@ -55,6 +57,9 @@ from leadscore_api.storage.checkpoints import WalCheckpointer
 from leadscore_api.storage.db import make_engine, make_session_factory
 
 log = logging.getLogger("leadscore")
+
+#: Routes that check each item of a batch themselves, so one bad event is rejected alone.
+PER_ITEM_PATHS = ("/v1/events", "/v1/webhooks/")
 
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -141,6 +146,8 @@ def create_app(
         max_group_events=settings.ingest_group_events,
     )
 
+    rate_limits = rate_limits_for(settings)
+
     hooks: list[LifespanHook] = [
         *lifespan_hooks,
         ruleset_follower,
@@ -167,6 +174,8 @@ def create_app(
             finally:
                 app.state.started = False
         await run_in_threadpool(ingest_writer.close)
+        if rate_limits is not None:
+            await rate_limits.aclose()
         if checkpointer is not None:
             await run_in_threadpool(checkpointer.stop)
         engine.dispose()
@@ -188,10 +197,13 @@ def create_app(
     metrics.watch_outbox(lambda: delivery.queue_stats(read_session_factory))
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
+    app.state.rate_limits = rate_limits
     app.state.report_cache = ReportCache(settings.dashboard_cache_seconds)
     app.state.started = False
 
     install_problem_handlers(app)
+    # Inside the body limit, so that it reads a body already limited.
+    app.add_middleware(InputGuardMiddleware, per_item_prefixes=PER_ITEM_PATHS)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
@@ -218,6 +230,7 @@ def create_app(
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(model_schema.pop("$defs", {}))
             schemas[model.__name__] = model_schema
+        document_problems(schema)
         app.openapi_schema = schema
         return schema
 

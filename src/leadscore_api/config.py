@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from limits import parse_many
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -144,6 +145,16 @@ class Settings(BaseSettings):
     crm_pull_seconds: float = 300.0
     #: A YAML list of CRM connectors applied (upserted by name) at start-up.
     crm_file: Path | None = None
+    #: Requests one API key may make, e.g. ``600/minute`` (several: ``10/second;600/minute``);
+    #: empty: no limit. Counted per key across every replica when ``redis_url`` is set.
+    rate_limit_api: str = ""
+    #: Requests one inbound webhook source may make (``1200/minute``); empty: no limit.
+    rate_limit_webhooks: str = ""
+    #: Redis shared by the replicas for the rate-limit counters (``redis://host:6379/0``); unset:
+    #: each process counts for itself.
+    redis_url: str | None = None
+    #: Prefix of every key written to Redis, so deployments can share one server.
+    redis_key_prefix: str = "leadscore"
 
     webhook_sendgrid_secret: str | None = None
     webhook_mailgun_secret: str | None = None
@@ -179,6 +190,27 @@ class Settings(BaseSettings):
         # NaN compares false both ways and infinity would park a timer forever: refuse both.
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("rate_limit_api", "rate_limit_webhooks")
+    @classmethod
+    def _rates_parse(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    "must be rates such as 600/minute (several: 10/second;600/minute), or empty"
+                ) from None
+        return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379/0")
         return value
 
     @field_validator("ingest_writers")

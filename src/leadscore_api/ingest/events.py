@@ -10,6 +10,8 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from leadscore_api.ingest.storable import check_identifier, check_storable
+
 #: Types the bundled rulesets know. Others are accepted, stored, and score nothing.
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -85,6 +87,7 @@ class LeadRef(BaseModel):
     def _email_shape(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        check_identifier(value)
         return normalise_email(value)
 
     @field_validator("external_id")
@@ -92,6 +95,7 @@ class LeadRef(BaseModel):
     def _external_id(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
+        check_identifier(value)
         return value.strip() if value is not None else None
 
     @model_validator(mode="after")
@@ -116,6 +120,25 @@ class CanonicalEvent(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     attributes: dict[str, Any] = Field(default_factory=dict)
     raw: Any = Field(default=None, description="The platform's own payload, kept for audit.")
+
+    @field_validator("id", "source")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return check_identifier(value)
+
+    @field_validator("properties", "attributes", "raw")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return check_storable(value)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        # Pydantic would read a number as Unix seconds and ``true`` as 1970: a time sent as
+        # anything but text is a client's mistake, not a time (adapters pass datetimes).
+        if isinstance(value, str | datetime):
+            return value
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-11-20T10:00:00Z")
 
     @field_validator("occurred_at")
     @classmethod
