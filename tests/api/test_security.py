@@ -299,3 +299,31 @@ def test_html_pages_carry_security_headers_and_safe_cookies(
         assert page.headers["content-type"].startswith("text/html")
         _assert_secure_page(page)
     assert browser.get("/dashboard/dashboard.css").headers["x-content-type-options"] == "nosniff"
+
+
+def test_keys_are_compared_in_constant_time_on_digests(
+    client: TestClient, anon_client: TestClient, make_api_key: MakeApiKey, monkeypatch: Any
+) -> None:
+    """A presented key is checked by comparing SHA-256 digests with ``hmac.compare_digest``:
+    equal lengths whatever was sent, and no early exit on the first differing byte. A stored key
+    with its real id and a wrong secret is refused like any unknown key."""
+    import hmac
+
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((len(a), len(b)))
+        return bool(real(a, b))
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    key = make_api_key("leads:read")
+    wrong = key[:-4] + ("aaaa" if not key.endswith("aaaa") else "bbbb")
+    # Every request goes to the comparison, not to the cache of keys verified recently.
+    client.app.state.key_cache.ttl = 0  # type: ignore[attr-defined]
+    compared.clear()
+    assert anon_client.get("/v1/leads", headers=auth(wrong)).status_code == 401
+    assert anon_client.get("/v1/leads", headers=auth("x" * 300)).status_code == 401
+    assert anon_client.get("/v1/leads", headers=auth(key)).status_code == 200
+    assert compared, "no constant-time comparison ran"
+    assert all(a == b == 64 for a, b in compared), compared
