@@ -12,6 +12,13 @@ is the send step: instead of signing and POSTing the row, the dispatcher calls t
 * ``CrmRateLimited`` pushes back **every** pending message of that connector by its
   ``retry_after``, without counting it as a failed attempt toward the dead letter: the CRM
   said "not now", not "no". ``CrmError(permanent=True)`` is a dead letter at once.
+* A batch is settled lead by lead: the records written are kept and their messages delivered
+  even when the push raised ``CrmPartialFailure``; leads in the connector's
+  ``last_push_errors`` (refused for good) go to the dead letter with the CRM's message; the
+  partial failure's ``failed`` leads are retried.
+* Any other fault, building the connector (an option stored before it was checked) or calling
+  it, is a failed attempt on the messages concerned: it never ends the round, so the other
+  connectors' results are recorded.
 
 Every request a connector makes passes the SSRF guard (``delivery/ssrf.py``) as webhooks do: a
 connector's base URL is chosen by whoever configures it, and token answers (Salesforce's
