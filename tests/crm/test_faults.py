@@ -74,6 +74,15 @@ def test_an_option_the_connector_refuses_is_refused_when_the_config_is_saved(
     assert [e["field"] for e in _problems(patched)] == ["options.api_version"]
     assert client.get("/v1/crm/connectors/sf").json()["options"] == {}
 
+    hubspot = {**SALESFORCE, "name": "hs", "kind": "hubspot", "credentials": {"token": "t"}}
+    zone = {**hubspot, "options": {"time_zone": "Europe/Atlantis"}}
+    assert _problems(client.post("/v1/crm/connectors", json=zone)) == [
+        {
+            "field": "options.time_zone",
+            "message": "'Europe/Atlantis' is not an IANA time zone (e.g. Europe/Rome)",
+        }
+    ]
+
     with pytest.raises(InvalidInput) as in_file:
         parse_file_text(
             "- {name: ok, kind: salesforce, base_url: 'https://x.example'}\n"

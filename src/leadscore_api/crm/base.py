@@ -251,6 +251,13 @@ class Connector(ABC):
     def field_map(self) -> Mapping[str, str]:
         return self.config.field_map or self.default_field_map
 
+    def check_config(self) -> None:
+        """Raise ValueError naming ``options.<key>`` for a configuration that would be refused
+        when saved but that a running connector tolerates (HubSpot's unknown time zone: the
+        tz database may lose a name a stored connector uses). ``__init__`` raises for the
+        rest. Called once when the configuration is saved, never by the worker."""
+        return None
+
     @abstractmethod
     async def push(
         self, leads: Sequence[LeadSnapshot], known: Mapping[str, RecordRef]

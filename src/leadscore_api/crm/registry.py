@@ -181,7 +181,7 @@ def check_connector(spec: ConnectorSpec, *, prefix: str = "") -> None:
     cls = connector_class(spec.kind)
     http = httpx.AsyncClient(transport=httpx.MockTransport(_no_calls), trust_env=False)
     try:
-        cls(spec.to_config(), http, MemoryTokenCache())
+        cls(spec.to_config(), http, MemoryTokenCache()).check_config()
     except Exception as exc:
         message = str(exc) or type(exc).__name__
         named = _NAMED_FIELD.search(message)
