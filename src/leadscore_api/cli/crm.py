@@ -95,7 +95,7 @@ def crm_connect(
     no_backfill: bool,
 ) -> None:
     """Store a connector, create its fields in the CRM, and queue every lead's first sync."""
-    from leadscore_api.crm.registry import parse_spec
+    from leadscore_api.crm.registry import check_connector, parse_spec
     from leadscore_api.service import crm as service
 
     settings = checked_settings()
@@ -111,6 +111,7 @@ def crm_connect(
     }
     try:
         spec = parse_spec(data)
+        check_connector(spec)  # a refused option stops here, before the database is touched
         with _database(settings) as factory:
             service.create_connector(
                 factory, spec, allow_private=settings.webhook_allow_private_targets

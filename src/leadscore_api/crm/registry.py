@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -26,6 +27,7 @@ from leadscore_api.crm.base import (
     Connector,
     ConnectorConfig,
     CrmKind,
+    MemoryTokenCache,
 )
 from leadscore_api.crm.hubspot import HubSpotConnector
 from leadscore_api.crm.pipedrive import PipedriveConnector
@@ -163,6 +165,34 @@ def parse_spec(data: Any, *, prefix: str = "") -> ConnectorSpec:
         raise InvalidInput.fields(problems) from None
 
 
+#: Where a connector's complaint about its configuration names the field (``options.object``).
+_NAMED_FIELD = re.compile(r"\b((?:options|credentials|field_map|owner_map)\.[A-Za-z0-9_]+)")
+
+
+def _no_calls(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("a connector must not call its CRM while it is being checked")
+
+
+def check_connector(spec: ConnectorSpec, *, prefix: str = "") -> None:
+    """Build the connector once, as the worker will, so that an option it refuses (Salesforce
+    ``options.object: "Foo"``) is a 422 naming ``options.<key>`` when the configuration is
+    saved, not a failure of every message later. Nothing is called: the client it gets can
+    reach no host and the token cache is a throwaway."""
+    cls = connector_class(spec.kind)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(_no_calls), trust_env=False)
+    try:
+        cls(spec.to_config(), http, MemoryTokenCache()).check_config()
+    except Exception as exc:
+        message = str(exc) or type(exc).__name__
+        named = _NAMED_FIELD.search(message)
+        field = named.group(1) if named else "options"
+        if named and named.start() == 0:
+            message = message[named.end() :].lstrip(" :") or message
+        if prefix:
+            field = f"{prefix}.{field}"
+        raise InvalidInput.field(field, message) from None
+
+
 def substitute_env(text: str, environ: Mapping[str, str], *, where: str = "") -> str:
     """``${NAME}`` replaced by the variable's value; an unset variable is an error naming it."""
     missing: list[str] = []
@@ -209,7 +239,9 @@ def parse_file_text(text: str, environ: Mapping[str, str] | None = None) -> list
     for index, entry in enumerate(data):
         where = f"connectors[{index}]"
         try:
-            specs.append(parse_spec(_substitute(entry, environ, where), prefix=where))
+            spec = parse_spec(_substitute(entry, environ, where), prefix=where)
+            check_connector(spec, prefix=where)
+            specs.append(spec)
         except InvalidInput as exc:
             problems.extend(exc.errors or [{"field": where, "message": exc.detail}])
     seen: set[str] = set()

@@ -12,6 +12,13 @@ is the send step: instead of signing and POSTing the row, the dispatcher calls t
 * ``CrmRateLimited`` pushes back **every** pending message of that connector by its
   ``retry_after``, without counting it as a failed attempt toward the dead letter: the CRM
   said "not now", not "no". ``CrmError(permanent=True)`` is a dead letter at once.
+* A batch is settled lead by lead: the records written are kept and their messages delivered
+  even when the push raised ``CrmPartialFailure``; leads in the connector's
+  ``last_push_errors`` (refused for good) go to the dead letter with the CRM's message; the
+  partial failure's ``failed`` leads are retried.
+* Any other fault, building the connector (an option stored before it was checked) or calling
+  it, is a failed attempt on the messages concerned: it never ends the round, so the other
+  connectors' results are recorded.
 
 Every request a connector makes passes the SSRF guard (``delivery/ssrf.py``) as webhooks do: a
 connector's base URL is chosen by whoever configures it, and token answers (Salesforce's
@@ -38,6 +45,7 @@ from leadscore_api.crm.base import (
     Connector,
     ConnectorConfig,
     CrmError,
+    CrmPartialFailure,
     CrmRateLimited,
     HandoverTask,
     LeadSnapshot,
@@ -299,16 +307,34 @@ class CrmDispatcher:
     # -- send --------------------------------------------------------------------------------
 
     async def send(self, item: ConnectorWork, http: httpx.AsyncClient) -> ConnectorResult:
+        """One connector's messages of the round. Never raises: whatever goes wrong building
+        or calling the connector is a failed attempt on its messages (retried per schedule),
+        so one connector's fault neither stops the loop nor loses the other connectors'
+        results of the round."""
         result = ConnectorResult(
             name=item.config.name, subscription_id=item.subscription_id, tokens=item.tokens
         )
         try:
             connector = open_connector(item.config, http, item.tokens)
-        except LeadscoreError as exc:
-            error = CrmError(exc.detail, permanent=False)
+        except Exception as exc:
+            if isinstance(exc, LeadscoreError):
+                error = CrmError(exc.detail, permanent=False)
+            else:
+                log.exception("crm %s: the connector could not be built", item.config.name)
+                error = CrmError(f"the connector could not be built: {describe(exc)}")
             result.outcomes = [Outcome(m, utcnow(), error=error) for m in item.messages]
             return result
-        await _Round(self, connector, item, result).run()
+        try:
+            await _Round(self, connector, item, result).run()
+        except Exception as exc:
+            log.exception("crm %s: round failed", item.config.name)
+            handled = {o.claimed.message_id for o in result.outcomes}
+            error = as_crm_error(exc)
+            result.outcomes.extend(
+                Outcome(m, utcnow(), error=error)
+                for m in item.messages
+                if m.message_id not in handled
+            )
         return result
 
     async def send_all(self, works: Sequence[ConnectorWork]) -> list[ConnectorResult]:
@@ -547,7 +573,7 @@ class _Round:
         try:
             for kind, step in steps:
                 if by_type.get(kind):
-                    await step(by_type[kind])
+                    await self.step(step, by_type[kind])
         except _Limited as limited:
             self.result.rate_limited = limited.seconds
             handled = {o.claimed.message_id for o in self.result.outcomes}
@@ -561,6 +587,22 @@ class _Round:
                         error=error,
                         rate_limited=limited.seconds,
                     )
+
+    async def step(self, step: Any, messages: list[Claimed]) -> None:
+        """One kind of message; a fault outside the connector calls (a malformed payload) is
+        a failed attempt on the step's messages not settled yet, and the next steps still go."""
+        started, at = time.perf_counter(), utcnow()
+        try:
+            await step(messages)
+        except _Limited:
+            raise
+        except Exception as exc:
+            log.exception("crm %s: %s failed", self.item.config.name, messages[0].event_type)
+            handled = {o.claimed.message_id for o in self.result.outcomes}
+            error = as_crm_error(exc)
+            for message in messages:
+                if message.message_id not in handled:
+                    self.done(message, started, at, error=error)
 
     async def guarded(self, messages: Sequence[Claimed], coroutine: Any) -> tuple[bool, Any]:
         """Run one connector call for ``messages``; record their failure; raise on a limit."""
@@ -599,18 +641,60 @@ class _Round:
                 self.result.records[lead_id] = ref
                 self.done(message, started, at)
 
-    async def push(self, messages: Sequence[Claimed], snapshots: Sequence[LeadSnapshot]) -> bool:
+    async def pushed(
+        self, messages: Sequence[Claimed], snapshots: Sequence[LeadSnapshot]
+    ) -> tuple[dict[str, RecordRef], dict[str, CrmError]] | None:
+        """One push call: keeps the record of every lead written and returns them with the
+        error of each lead that was not (refused for good: its ``last_push_errors`` message,
+        permanent; failed for now in a ``CrmPartialFailure``: retryable). None when the call
+        failed as a whole; ``messages`` are then recorded as failed already."""
         known = {s.lead_id: self.known[s.lead_id] for s in snapshots if s.lead_id in self.known}
-        started, at = time.perf_counter(), utcnow()
-        ok, refs = await self.guarded(messages, self.connector.push(list(snapshots), known))
+        self.connector.last_push_errors = {}
+        partial: list[CrmPartialFailure] = []
+
+        async def call() -> dict[str, RecordRef]:
+            try:
+                return await self.connector.push(list(snapshots), known)
+            except CrmPartialFailure as exc:
+                partial.append(exc)
+                return dict(exc.written)
+
+        ok, refs = await self.guarded(messages, call())
         if not ok:
-            return False
-        for lead_id, ref in (refs or {}).items():
+            return None
+        written: dict[str, RecordRef] = dict(refs or {})
+        for lead_id, ref in written.items():
             self.known[lead_id] = ref
             self.result.records[lead_id] = ref
+        errors: dict[str, CrmError] = {
+            lead_id: CrmError(message, permanent=True)
+            for lead_id, message in self.connector.last_push_errors.items()
+            if lead_id not in written
+        }
+        for failure in partial:
+            for snapshot in snapshots:
+                if snapshot.lead_id in written or snapshot.lead_id in errors:
+                    continue
+                errors[snapshot.lead_id] = CrmError(
+                    failure.failed.get(snapshot.lead_id) or str(failure),
+                    status=failure.status,
+                    retry_after=failure.retry_after,
+                )
+        return written, errors
+
+    async def push(self, messages: Sequence[Claimed], snapshots: Sequence[LeadSnapshot]) -> bool:
+        started, at = time.perf_counter(), utcnow()
+        pushed = await self.pushed(messages, snapshots)
+        if pushed is None:
+            return False
+        written, errors = pushed
         for message in messages:
+            error = errors.get(message.lead_id or "")
+            if error is not None:
+                self.done(message, started, at, error=error)
+                continue
             note = None
-            if message.lead_id not in (refs or {}):
+            if message.lead_id not in written:
                 note = "no CRM record: none matched the lead and create_missing is off"
             self.done(message, started, at, note=note)
         return True
@@ -640,12 +724,14 @@ class _Round:
                 self.done(message, time.perf_counter(), utcnow(), note="the lead no longer exists")
                 continue
             if lead_id not in self.known:
-                ok, refs = await self.guarded([message], self.connector.push([snapshot], {}))
-                if not ok:
+                started, at = time.perf_counter(), utcnow()
+                pushed = await self.pushed([message], [snapshot])
+                if pushed is None:
                     continue
-                for found_id, ref in (refs or {}).items():
-                    self.known[found_id] = ref
-                    self.result.records[found_id] = ref
+                refused = pushed[1].get(lead_id)
+                if refused is not None:
+                    self.done(message, started, at, error=refused)
+                    continue
             record = self.known.get(lead_id)
             if record is None:
                 self.done(

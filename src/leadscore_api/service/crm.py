@@ -33,7 +33,7 @@ from leadscore_api.crm.base import (
     Outcome,
     SetupReport,
 )
-from leadscore_api.crm.registry import ConnectorSpec, connector_class, load_file, parse_spec
+from leadscore_api.crm.registry import ConnectorSpec, check_connector, load_file, parse_spec
 from leadscore_api.delivery.crm import (
     StoredTokens,
     config_of,
@@ -141,7 +141,7 @@ def _fill(row: CrmConnector, spec: ConnectorSpec, now: datetime) -> None:
 
 
 def _create(session: Session, spec: ConnectorSpec, allow_private: bool) -> CrmConnector:
-    connector_class(spec.kind)
+    check_connector(spec)
     if crm_repo.get(session, spec.name) is not None:
         raise ConnectorExists(f"a CRM connector named {spec.name!r} exists")
     now = utcnow()
@@ -175,7 +175,7 @@ def _create(session: Session, spec: ConnectorSpec, allow_private: bool) -> CrmCo
 def _replace(
     session: Session, row: CrmConnector, spec: ConnectorSpec, allow_private: bool
 ) -> CrmConnector:
-    connector_class(spec.kind)
+    check_connector(spec)
     if spec.base_url != row.base_url:
         _checked_url(spec.base_url, allow_private=allow_private)
     now = utcnow()
