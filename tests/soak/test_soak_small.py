@@ -33,5 +33,9 @@ def test_load_with_faults_on_postgresql_keeps_every_promise() -> None:
     counts = report.counts
     assert counts["events stored"] == counts["events sent (unique ids)"] == 1500
     assert counts["lead.mql messages"] > 0
-    assert counts["HTTP 503 with Retry-After"] > 0  # the outage was seen, and answered right
+    # The outage was seen, and answered right: the probes sent while PostgreSQL was down all got
+    # 503 + Retry-After (checked in the report). Whether a client's own request fell into the
+    # outage depends on timing, so it is not required; if one did, it got the same answer.
+    assert counts["probes during the outage answered 503 + Retry-After"] > 0
+    assert counts["HTTP 503 without Retry-After"] == 0
     assert counts["connection errors (replica killed)"] >= 0
