@@ -216,8 +216,16 @@ def test_syncs_of_one_lead_coalesce_and_leads_go_in_one_batch(
     assert len(syncs) == 6  # two changes of each lead are queued
     assert all(set(m.payload) == {"type", "connector", "lead_id"} for m in syncs)
 
-    # Each reached the hand-over stage (MQL in the bundled model): a task each, too.
-    assert len(messages(session_factory, "crm.task")) == 3
+    # Each reached the hand-over stage (MQL in the bundled model): a task each, too, a call due
+    # by the first-contact SLA (24 h after the MQL), not the 4-working-hour acceptance one.
+    tasks = messages(session_factory, "crm.task")
+    assert len(tasks) == 3
+    lead = client.get("/v1/leads", params={"email": emails[0]}).json()["items"][0]
+    slas = {s["id"]: s for s in client.get(f"/v1/leads/{lead['id']}/explain").json()["sla"]}
+    task = next(m for m in tasks if m.lead_id == lead["id"])
+    assert task.payload["due_at"] == slas["first_contact"]["due"]
+    # The MQL happened an hour ago (the events are dated so): 23 hours are left to call.
+    assert task.payload["subject"].endswith("within 23 h"), task.payload["subject"]
     assert run_round(dispatcher(session_factory)) == len(syncs) + 3
     writes = [c for c in connected.log.calls if c.method == "POST" and "/batch/" in c.path]
     assert len(writes) >= 1

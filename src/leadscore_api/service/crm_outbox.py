@@ -91,16 +91,25 @@ def _parse(value: Any) -> datetime | None:
         return None
 
 
-def task_payload(lead: LeadData, result: ScoreResult, stage: str, now: datetime) -> dict[str, Any]:
-    """The owner's task: what to do and by when, from the hand-over SLA of the ruleset."""
-    due = next(
-        (
-            _parse(item.get("due"))
-            for item in result.sla
-            if item.get("stage") == stage and item.get("met_at") is None
-        ),
-        None,
-    )
+def contact_sla_ids(loaded: LoadedRuleset) -> frozenset[str]:
+    """The SLAs that the owner's first contact (``lead.contacted``) keeps: the task is a call."""
+    return frozenset(rule.id for rule in loaded.ruleset.sla if "lead.contacted" in rule.met_by)
+
+
+def task_payload(
+    lead: LeadData,
+    result: ScoreResult,
+    stage: str,
+    now: datetime,
+    contact_slas: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The owner's task: call the lead by the first-contact deadline of the hand-over SLA
+    ("call within 24 h" in both bundled rulesets), else by the stage's first open deadline."""
+    open_items = [
+        item for item in result.sla if item.get("stage") == stage and item.get("met_at") is None
+    ]
+    preferred = [item for item in open_items if item.get("id") in contact_slas]
+    due = next((_parse(item.get("due")) for item in preferred or open_items), None)
     if due is None or due <= now:
         due = (
             result.next_action_due
@@ -146,7 +155,7 @@ def queue_lead_change(
     stage = handover_stage(loaded)
     if stage is None or not any(t.type == f"lead.{stage}" for t in transitions):
         return
-    payload = task_payload(lead, result, stage, now)
+    payload = task_payload(lead, result, stage, now, contact_sla_ids(loaded))
     outbox_repo.add_messages(
         session,
         [
