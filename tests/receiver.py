@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,27 +67,35 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         arrived = time.time()
-        reply = self.server.receiver._next_reply()
-        if reply.delay:
-            time.sleep(reply.delay)
-        self.server.receiver._record(
-            Received(
+        receiver = self.server.receiver
+        webhook_id = self.headers.get("webhook-id", "")
+        overlap = receiver._begin(webhook_id)
+        try:
+            reply = receiver._next_reply()
+            if reply.delay:
+                time.sleep(reply.delay)
+            received = Received(
                 path=self.path,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
                 received_at=arrived,
                 status=reply.status,
             )
-        )
-        try:
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-        except OSError:
-            self.close_connection = True  # the sender gave up (timeout): nothing to answer
+            receiver._record(received)
+            # Logged before the answer: a receiver killed after this line but before answering
+            # makes the sender try again (a duplicate), never a delivery missing from the log.
+            receiver._log(received, overlap)
+            try:
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+            except OSError:
+                self.close_connection = True  # the sender gave up (timeout): nothing to answer
+        finally:
+            receiver._end(webhook_id)
 
     def do_GET(self) -> None:
         """``GET /_stats?after=N``: what arrived after the N first requests, as JSON.
@@ -127,6 +136,13 @@ class Receiver:
         self._cond = threading.Condition()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        #: Requests being handled now, per ``webhook-id``; a second one of the same message
+        #: while the first is in flight is an overlap (the sender delivered it twice at once).
+        self._in_flight: dict[str, int] = {}
+        self.overlaps: list[str] = []
+        #: JSON lines, one per request, appended and flushed as they arrive (``--log``): the
+        #: record outlives the process, so a receiver killed and restarted keeps its history.
+        self.log_path: Path | None = None
 
     @property
     def url(self) -> str:
@@ -162,6 +178,39 @@ class Receiver:
         with self._cond:
             self._plan.extend(replies)
 
+    def _begin(self, webhook_id: str) -> bool:
+        """Count a request of ``webhook_id`` in; True when another one is still in flight."""
+        with self._cond:
+            count = self._in_flight.get(webhook_id, 0) + 1
+            self._in_flight[webhook_id] = count
+            if count > 1 and webhook_id:
+                self.overlaps.append(webhook_id)
+            return count > 1 and bool(webhook_id)
+
+    def _end(self, webhook_id: str) -> None:
+        with self._cond:
+            count = self._in_flight.get(webhook_id, 1) - 1
+            if count:
+                self._in_flight[webhook_id] = count
+            else:
+                self._in_flight.pop(webhook_id, None)
+
+    def _log(self, request: Received, overlap: bool) -> None:
+        if self.log_path is None:
+            return
+        line = json.dumps(
+            {
+                "webhook_id": request.webhook_id,
+                "type": request.headers.get("webhook-type") or _event_type(request.body),
+                "received_at": request.received_at,
+                "logged_at": time.time(),
+                "status": request.status,
+                "overlap": overlap,
+            }
+        )
+        with self._cond, self.log_path.open("a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
     def _next_reply(self) -> Reply:
         with self._cond:
             return self._plan.popleft() if self._plan else self.default
@@ -196,6 +245,15 @@ class Receiver:
                 self._cond.wait(remaining)
 
 
+def _event_type(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 @contextmanager
 def receiving(host: str = "127.0.0.1", port: int = 0) -> Iterator[Receiver]:
     """A started :class:`Receiver`, stopped on exit."""
@@ -212,9 +270,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--status", type=int, default=200, help="status of every answer")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--log", type=Path, default=None, help="append one JSON line a request")
     args = parser.parse_args(argv)
     receiver = Receiver(args.host, args.port)
-    receiver.default = Reply(args.status)
+    receiver.default = Reply(args.status, delay=args.delay)
+    receiver.log_path = args.log
     receiver.start()
     print(receiver.url, flush=True)
     try:

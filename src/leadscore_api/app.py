@@ -26,15 +26,23 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from leadscore_api import __version__
+from leadscore_api import __version__, logs
 from leadscore_api.api.metrics import Metrics
-from leadscore_api.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from leadscore_api.api.problems import ProblemDetail, install_problem_handlers
+from leadscore_api.api.middleware import (
+    BodyLimitMiddleware,
+    InputGuardMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+)
+from leadscore_api.api.problems import ProblemDetail, document_problems, install_problem_handlers
+from leadscore_api.api.rate_limits import rate_limits_for
 from leadscore_api.api.routers import ROUTERS
 from leadscore_api.config import Settings, get_settings
 from leadscore_api.delivery.worker import running_workers
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.service import delivery
 from leadscore_api.service.api_keys import PrincipalCache
+from leadscore_api.service.crm import apply_file, running_pull
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.jobs import running_jobs
@@ -50,6 +58,9 @@ from leadscore_api.storage.db import make_engine, make_session_factory
 
 log = logging.getLogger("leadscore")
 
+#: Routes that check each item of a batch themselves, so one bad event is rejected alone.
+PER_ITEM_PATHS = ("/v1/events", "/v1/webhooks/")
+
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 DESCRIPTION = """Lead scoring for small and medium businesses: events in, scores, history and
@@ -59,8 +70,9 @@ transitions out. Authenticate with `Authorization: Bearer <api key>`; errors are
 
 @asynccontextmanager
 async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
-    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers) and
-    the background jobs (re-scores), inside ``leadscore serve`` unless ``RUN_WORKER`` is off."""
+    """The delivery worker, the timer loop (fresh scores, SLA and re-qualification timers), the
+    background jobs (re-scores) and the CRM pull, inside ``leadscore serve`` unless
+    ``RUN_WORKER`` is off."""
     settings: Settings = app.state.settings
     if not settings.run_worker:
         yield
@@ -74,6 +86,7 @@ async def delivery_loops(app: FastAPI) -> AsyncIterator[None]:
             registry=metrics.registry,
         ),
         running_jobs(app.state.session_factory, app.state.registry, settings.job_poll_seconds),
+        running_pull(app.state.session_factory, app.state.registry, settings),
     ):
         yield
 
@@ -119,6 +132,7 @@ def create_app(
 ) -> FastAPI:
     """Build the application; raises ``RuleFileError``/``RegistryError`` on unusable rules."""
     settings = settings or get_settings()
+    logs.route_to_stdlib()
     registry = RulesetRegistry.load(settings)
     engine = make_engine(settings.database_url)
     checkpointer = WalCheckpointer.for_engine(engine)
@@ -131,6 +145,8 @@ def create_app(
         writers=settings.writer_threads(),
         max_group_events=settings.ingest_group_events,
     )
+
+    rate_limits = rate_limits_for(settings)
 
     hooks: list[LifespanHook] = [
         *lifespan_hooks,
@@ -147,6 +163,8 @@ def create_app(
         directory = directory_file_for(settings)
         if directory is not None:
             await run_in_threadpool(sync_directory, session_factory, directory)
+        if settings.crm_file is not None:
+            await run_in_threadpool(apply_file, session_factory, settings)
         async with AsyncExitStack() as stack:
             for hook in hooks:
                 await stack.enter_async_context(hook(app))
@@ -156,6 +174,8 @@ def create_app(
             finally:
                 app.state.started = False
         await run_in_threadpool(ingest_writer.close)
+        if rate_limits is not None:
+            await rate_limits.aclose()
         if checkpointer is not None:
             await run_in_threadpool(checkpointer.stop)
         engine.dispose()
@@ -174,18 +194,24 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.ingest_writer = ingest_writer
+    metrics.watch_outbox(lambda: delivery.queue_stats(read_session_factory))
     metrics.watch_group_commit(lambda: (ingest_writer.groups, ingest_writer.grouped_requests))
     app.state.key_cache = PrincipalCache(settings.api_key_cache_seconds)
+    app.state.rate_limits = rate_limits
     app.state.report_cache = ReportCache(settings.dashboard_cache_seconds)
     app.state.started = False
 
     install_problem_handlers(app)
+    # Inside the body limit, so that it reads a body already limited.
+    app.add_middleware(InputGuardMiddleware, per_item_prefixes=PER_ITEM_PATHS)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_body_bytes,
         path_limits={"/v1/leads/import": settings.max_import_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: every answer, a 413 from the body limit too, carries its request id.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
 
     for router in ROUTERS:
         app.include_router(router)
@@ -204,6 +230,7 @@ def create_app(
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(model_schema.pop("$defs", {}))
             schemas[model.__name__] = model_schema
+        document_problems(schema)
         app.openapi_schema = schema
         return schema
 

@@ -13,8 +13,9 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from limits import parse_many
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,8 +117,13 @@ class Settings(BaseSettings):
     #: How old the dashboard's figures may be: each view's report is computed at most once in
     #: this many seconds per process and kept warm while in use (0: computed on every load).
     dashboard_cache_seconds: float = 60.0
-    #: uvicorn's access log, one line per request (off: /metrics still counts every request).
+    #: The access log, one line per request with its id, route, status and time (off:
+    #: /metrics still counts every request). Never the query string: emails and tokens go there.
     access_log: bool = True
+    #: ``json`` (one object a line, for a log pipeline) or ``console`` (readable text).
+    log_format: Literal["json", "console"] = "json"
+    #: The lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     #: Writer threads that run ingest requests together (group commit). One: SQLite has a
     #: single writer anyway, and on PostgreSQL a second writer measured slower (the two threads
     #: and the event loop contend for the interpreter; groups got smaller).
@@ -134,6 +140,21 @@ class Settings(BaseSettings):
     #: How often ``serve`` and ``worker`` look for background jobs (re-scores) to run.
     job_poll_seconds: float = 2.0
     webhook_timestamp_tolerance_seconds: int = 300
+    #: How often each enabled CRM connector's recent changes are pulled (0: never; the CRM's
+    #: notifications then bring every outcome).
+    crm_pull_seconds: float = 300.0
+    #: A YAML list of CRM connectors applied (upserted by name) at start-up.
+    crm_file: Path | None = None
+    #: Requests one API key may make, e.g. ``600/minute`` (several: ``10/second;600/minute``);
+    #: empty: no limit. Counted per key across every replica when ``redis_url`` is set.
+    rate_limit_api: str = ""
+    #: Requests one inbound webhook source may make (``1200/minute``); empty: no limit.
+    rate_limit_webhooks: str = ""
+    #: Redis shared by the replicas for the rate-limit counters (``redis://host:6379/0``); unset:
+    #: each process counts for itself.
+    redis_url: str | None = None
+    #: Prefix of every key written to Redis, so deployments can share one server.
+    redis_key_prefix: str = "leadscore"
 
     webhook_sendgrid_secret: str | None = None
     webhook_mailgun_secret: str | None = None
@@ -169,6 +190,27 @@ class Settings(BaseSettings):
         # NaN compares false both ways and infinity would park a timer forever: refuse both.
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("rate_limit_api", "rate_limit_webhooks")
+    @classmethod
+    def _rates_parse(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    "must be rates such as 600/minute (several: 10/second;600/minute), or empty"
+                ) from None
+        return value.strip()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+unix://")):
+            raise ValueError("must be a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379/0")
         return value
 
     @field_validator("ingest_writers")
@@ -240,6 +282,20 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("crm_pull_seconds")
+    @classmethod
+    def _pull_seconds(cls, value: float) -> float:
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("must be 0 (no pull) or a positive number of seconds")
+        return value
+
+    @field_validator("crm_file")
+    @classmethod
+    def _crm_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("must name an existing YAML file of CRM connectors")
+        return value
+
     @field_validator("webhook_form_field_map", "webhook_typeform_field_map")
     @classmethod
     def _field_map_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -249,6 +305,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(_without_name(str(exc), name)) from None
         return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _log_case(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if info.field_name == "log_level" else value.strip().lower()
 
     @field_validator(*_WEBHOOK_SECRETS)
     @classmethod

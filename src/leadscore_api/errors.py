@@ -124,7 +124,7 @@ class MethodNotAllowed(LeadscoreError):
     title = "Method not allowed"
 
 
-# -- 409 / 413 / 422 / 503 -------------------------------------------------------------------
+# -- 409 / 413 / 422 / 429 / 503 -------------------------------------------------------------
 
 
 class Conflict(LeadscoreError):
@@ -157,6 +157,14 @@ class InvalidInput(LeadscoreError):
     @classmethod
     def fields(cls, errors: Sequence[FieldProblem]) -> InvalidInput:
         return cls(summarise(errors), errors=errors)
+
+
+class RateLimited(LeadscoreError):
+    """Over a rate limit (``LEADSCORE_RATE_LIMIT_*``); ``Retry-After`` says when to come back."""
+
+    status = 429
+    problem_type = "rate-limited"
+    title = "Too many requests"
 
 
 class Unavailable(LeadscoreError):
@@ -206,6 +214,12 @@ def describe_validation(
             message = "is not valid JSON"
         loc = tuple(error.get("loc", ()))
         field = field_path(loc, default=default, from_request=from_request)
+        # A validator that looked inside a value (ingest/storable.py) says where in it.
+        cause = (error.get("ctx") or {}).get("error")
+        inner = getattr(cause, "path", None)
+        if isinstance(inner, str) and inner:
+            field += inner if inner.startswith("[") else f".{inner}"
+            message = str(getattr(cause, "message", message))
         out.append({"field": field, "message": message})
     return out
 

@@ -52,5 +52,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse(text: str | bytes) -> Any:
-    """A request body: strict JSON, so ``NaN`` and ``Infinity`` are errors, not numbers."""
-    return json.loads(text, parse_constant=_refuse_constant)
+    """A request body: strict JSON, so ``NaN`` and ``Infinity`` are errors, not numbers.
+
+    JSON nested deeper than the interpreter's recursion limit (about 1,000 levels) is a
+    ``ValueError`` like any other unreadable body, not a ``RecursionError`` escaping as a 500.
+    """
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None

@@ -138,9 +138,11 @@ def test_metrics_count_routes_events_and_transitions(client: TestClient) -> None
         'leadscore_http_requests_total{method="GET",route="/v1/leads/{lead_id}",status="404"} 1.0'
         in text
     )
-    assert 'leadscore_events_total{status="accepted",type="form.submitted"} 1.0' in text
-    assert 'leadscore_events_total{status="rejected",type="other"} 1.0' in text
-    assert 'leadscore_events_total{status="accepted",type="other"} 1.0' in text
+    assert (
+        'leadscore_events_total{source="api",status="accepted",type="form.submitted"} 1.0' in text
+    )
+    assert 'leadscore_events_total{source="api",status="rejected",type="other"} 1.0' in text
+    assert 'leadscore_events_total{source="api",status="accepted",type="other"} 1.0' in text
     assert "leadscore_transitions_total" in text
     assert "leadscore_http_request_duration_seconds_bucket" in text
 

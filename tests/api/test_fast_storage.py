@@ -64,6 +64,7 @@ def _lead(lead_id: str, email: str) -> dict[str, Any]:
         "updated_at": LATER,
         "version": 1,
         "next_change_at": None,
+        "announced_stages": ["mql"],
     }
 
 
@@ -235,6 +236,7 @@ def test_fast_updates_store_what_sqlalchemy_stored(
         "updated_at": AT + timedelta(microseconds=1),
         "models": {},
         "score": 7,
+        "announced_stages": ["mql", "sql"],
     }
     with session_factory() as session, session.begin():
         # Lead a through SQLAlchemy with the repository's own UPDATE, lead b through the cursor.

@@ -279,7 +279,7 @@ def read_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_export_filters_formula_safety_and_round_trip(client: TestClient) -> None:
+def test_export_filters_formula_safety_and_round_trip(client: TestClient, tmp_path: Path) -> None:
     rows = [
         *GOOD_ROWS,
         ["evil@x.it", '=HYPERLINK("http://x")', "CEO", "IT", "60", "2M", "+39 Lazio", ""],
@@ -328,17 +328,26 @@ def test_export_filters_formula_safety_and_round_trip(client: TestClient) -> Non
     assert cells["evil@x.it"]["first_name"] == '\'=HYPERLINK("http://x")'
     assert cells["anna.rossi@metalpro.it"]["score"] == api_anna["score"]
 
-    # Round trip: erase everyone, import the export, and the same leads come back scored alike.
-    before = {(r["email"], r["letter"], r["score"], r["tier"], r["stage"]) for r in exported}
+    # Erased people stay erased: importing the export again does not bring them back.
     for lead in client.get("/v1/leads", params={"limit": 500}).json()["items"]:
         assert client.delete(f"/v1/leads/{lead['id']}").status_code == 204
     again = upload(client, xlsx.content, "export.xlsx").json()
-    assert again["imported"] == 4, again
-    assert "letter" in again["ignored_columns"]
-    after_rows = read_csv(client.get("/v1/leads/export").text)
+    # (rows identical to the first import are its erased events again: ``unchanged``)
+    assert (again["imported"], again["unchanged"] + again["erased"]) == (0, 4), again
+    assert client.get("/v1/leads").json()["items"] == []
+
+    # Round trip: the export imported into a new installation gives the same leads, scored alike.
+    before = {(r["email"], r["letter"], r["score"], r["tier"], r["stage"]) for r in exported}
+    other_settings = make_settings(f"sqlite:///{tmp_path / 'other.db'}")
+    upgrade_database(other_settings.database_url)
+    with TestClient(create_app(other_settings), headers=dict(client.headers)) as other:
+        moved = upload(other, xlsx.content, "export.xlsx").json()
+        assert moved["imported"] == 4, moved
+        assert "letter" in moved["ignored_columns"]
+        after_rows = read_csv(other.get("/v1/leads/export").text)
+        evil_after = lead_by_email(other, "evil@x.it")
     after = {(r["email"], r["letter"], r["score"], r["tier"], r["stage"]) for r in after_rows}
     assert after == before
-    evil_after = lead_by_email(client, "evil@x.it")
     assert evil_after["attributes"]["first_name"] == '=HYPERLINK("http://x")'
 
 

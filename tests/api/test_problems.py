@@ -85,3 +85,42 @@ def test_too_large_a_body_is_refused_before_the_app_in_the_same_shape(client: Te
     body = problem(response, 413, "body-too-large")
     assert str(limit) in body["detail"]
     assert response.text == response.text.replace(", ", ",")  # compact, like every other body
+
+
+def test_a_405_names_every_method_of_the_path_in_allow(client: TestClient) -> None:
+    """GET and POST of /v1/leads... are separate routes; Allow must list them all (RFC 9110)."""
+    for path, expected in (
+        ("/v1/subscriptions", {"GET", "HEAD", "POST"}),
+        ("/v1/webhooks/form", {"GET", "HEAD", "POST"}),
+        ("/v1/events", {"POST"}),
+    ):
+        response = client.put(path, json={})
+        body = problem(response, 405, "method-not-allowed")
+        assert set(response.headers["allow"].split(", ")) == expected, path
+        assert "PUT" in body["detail"]
+
+
+def test_the_document_gives_every_error_as_problem_json(client: TestClient) -> None:
+    """openapi.yaml promises what the service sends: problem+json with ProblemDetail on every
+    4xx/5xx, and the statuses the shared layers answer on every operation they reach."""
+    document = client.app.openapi()  # type: ignore[attr-defined]
+    problem_schema = {"$ref": "#/components/schemas/ProblemDetail"}
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            for status, response in responses.items():
+                if status[0] in "45":
+                    assert response["content"] == {
+                        "application/problem+json": {"schema": problem_schema}
+                    }, (method, path, status)
+                    checked += 1
+            assert "503" in responses, (method, path)
+            if "{" in path:
+                assert {"404", "422"} <= set(responses), (method, path)
+            if operation.get("security"):
+                assert {"401", "403", "429"} <= set(responses), (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= set(responses), (method, path)
+    assert checked > 200
+    assert "HTTPValidationError" not in document["components"]["schemas"]

@@ -15,6 +15,7 @@ from tests.crm.standins.salesforce import REP_USER, SalesforceStandIn, running
 from leadscore_api.crm import salesforce_outbound as outbound
 from leadscore_api.crm.base import (
     CrmError,
+    CrmPartialFailure,
     CrmRateLimited,
     HandoverTask,
     InboundRequest,
@@ -23,7 +24,7 @@ from leadscore_api.crm.base import (
     NotificationRejected,
     RecordRef,
 )
-from leadscore_api.crm.salesforce import CrmPartialFailure, SalesforceConnector
+from leadscore_api.crm.salesforce import SalesforceConnector
 
 T = TypeVar("T")
 NOTIFY_URL = "https://leadscore.example.com/v1/crm/salesforce/notifications"

@@ -179,6 +179,7 @@ def retry_delivery(message_id: MsgId, session_factory: SessionFactoryDep) -> Mes
     "/v1/deliveries/replay",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ReplayOut,
+    responses=problem_responses(404),
 )
 def replay_deliveries(body: ReplayRequest, session_factory: SessionFactoryDep) -> ReplayOut:
     """Send again every message created in ``[since, until)`` (e.g. after a receiver outage).

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from leadscore_api.api.metrics import Metrics
+from leadscore_api.api.rate_limits import RateLimits
 from leadscore_api.config import Settings
 from leadscore_api.errors import Forbidden, Unauthenticated
 from leadscore_api.service.api_keys import (
@@ -127,6 +128,9 @@ class RequireScope:
             )
         if not principal.has(self.scope):
             raise Forbidden(f"this API key lacks the scope {self.scope!r}")
+        limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+        if limits is not None:
+            await limits.check_key(principal.key_id)
         request.state.principal = principal
         return principal
 

@@ -15,14 +15,18 @@ from leadscore_api.config import Settings
 from leadscore_api.errors import InvalidJson
 from leadscore_api.ingest.parsing import parse_body
 from leadscore_api.service.group_commit import GroupCommitter
-from leadscore_api.service.ingestion import EventResult
+from leadscore_api.service.ingestion import EventResult, log_results
 
 router = APIRouter(tags=["events"])
 
 
 class EventResultOut(BaseModel):
     id: str | None = Field(description="The event's id (null if the item had none).")
-    status: str = Field(description="`accepted`, `duplicate` or `rejected`.")
+    status: str = Field(
+        description="`accepted`, `duplicate`, `rejected`, or `ignored` (not applied: an event"
+        " of a person erased after it happened, see `warning`; webhooks also ignore platform"
+        " events that score nothing)."
+    )
     lead_id: str | None = None
     error: str | None = Field(default=None, description="Why it was rejected, naming the field.")
     unknown_type: bool = Field(
@@ -110,6 +114,7 @@ async def post_events(_principal: EventsWriter, request: Request) -> Response:
     items, _is_batch = parse_body(await json_body(request), settings.max_batch_size)
     results = await writer.submit(items)
     metrics.record_ingest(results)
+    log_results(results, "api")
     return Response(
         json_codec.dumps({"results": [_result_json(result) for result in results]}),
         media_type="application/json",

@@ -62,4 +62,6 @@ async def readyz(request: Request) -> Readiness:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # In a thread: the outbox gauges ask the database at scrape time.
+    body = await run_in_threadpool(generate_latest, metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -6,10 +6,11 @@ in one process, as they do in the test suite, without "duplicated timeseries" er
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from leadscore_api.ingest.events import KNOWN_EVENT_TYPES
@@ -33,8 +34,9 @@ class Metrics:
         )
         self.events = Counter(
             "leadscore_events_total",
-            "Ingested events by type (unknown types as `other`) and status.",
-            ["type", "status"],
+            "Ingested events by source (`api` or the webhook's platform), type (unknown types as"
+            " `other`) and status (accepted, duplicate, rejected, ignored).",
+            ["source", "type", "status"],
             registry=self.registry,
         )
         self.transitions = Counter(
@@ -71,11 +73,45 @@ class Metrics:
 
         registry.register(_GroupCommit())
 
-    def record_ingest(self, results: Iterable[object]) -> None:
+    def watch_outbox(self, stats: Callable[[], tuple[int, float]]) -> None:
+        """Expose the outbound queue, read from the database at scrape time (two indexed
+        queries): how many messages wait, and how late the oldest due one is."""
+        registry = self.registry
+        log = logging.getLogger("leadscore.metrics")
+
+        class _Outbox(Collector):
+            def describe(self) -> Iterator[Metric]:
+                # Registering asks for the names; without this it would collect, and so query
+                # a database that may not exist yet (the OpenAPI document builds an app too).
+                yield GaugeMetricFamily("leadscore_outbox_pending", "")
+                yield GaugeMetricFamily("leadscore_outbox_lag_seconds", "")
+
+            def collect(self) -> Iterator[Metric]:
+                try:
+                    depth, lag = stats()
+                except Exception:  # a scrape must answer even when the database does not
+                    log.warning("could not read the outbox for /metrics", exc_info=True)
+                    return
+                yield GaugeMetricFamily(
+                    "leadscore_outbox_pending",
+                    "Outbound webhook messages waiting to be delivered (status pending).",
+                    value=depth,
+                )
+                yield GaugeMetricFamily(
+                    "leadscore_outbox_lag_seconds",
+                    "How long the oldest due pending message has been waiting past its time"
+                    " (0 when none is due): delivery is falling behind when this grows.",
+                    value=lag,
+                )
+
+        registry.register(_Outbox())
+
+    def record_ingest(self, results: Iterable[object], source: str = "api") -> None:
         """Count events and transitions from ``EventResult``-like objects."""
         for result in results:
             event_type = getattr(result, "type", None)
             label = event_type if event_type in KNOWN_EVENT_TYPES else "other"
-            self.events.labels(type=label, status=str(getattr(result, "status", "?"))).inc()
+            status = str(getattr(result, "status", "?"))
+            self.events.labels(source=source, type=label, status=status).inc()
             for transition in getattr(result, "transitions", ()) or ():
                 self.transitions.labels(type=str(transition)).inc()

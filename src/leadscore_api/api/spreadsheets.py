@@ -46,6 +46,10 @@ class ImportOut(BaseModel):
     imported: int = Field(description="Rows stored and scored now.")
     unchanged: int = Field(description="Rows imported before (same content): nothing to do.")
     rejected: int
+    erased: int = Field(
+        default=0,
+        description="Rows about people erased before: skipped, an import does not bring them back.",
+    )
     warnings: list[RowError] = Field(
         description="Rows imported with a remark (the first 100), e.g. an email and an"
         " external id that belong to two different leads: the row went to the email's lead."
@@ -66,6 +70,7 @@ class ImportOut(BaseModel):
             imported=report.imported,
             unchanged=report.unchanged,
             rejected=report.rejected,
+            erased=report.erased,
             warnings=[RowError(row=r, column=None, message=m) for r, m in report.warnings],
         )
 

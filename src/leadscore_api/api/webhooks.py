@@ -25,9 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from leadscore_api.api.deps import MetricsDep, RegistryDep, SessionFactoryDep, SettingsDep
 from leadscore_api.api.events import EventResultOut
 from leadscore_api.api.problems import problem_responses
+from leadscore_api.api.rate_limits import RateLimits
 from leadscore_api.ingest.sources import Ignored, WebhookRequest
 from leadscore_api.service import webhooks as service
-from leadscore_api.service.ingestion import EventResult
+from leadscore_api.service.ingestion import EventResult, log_results
 from leadscore_api.storage.base import utcnow
 
 router = APIRouter(tags=["webhooks"])
@@ -52,7 +53,7 @@ def _answer(item: EventResult | Ignored) -> EventResultOut:
     "/v1/webhooks/{source}",
     response_model=WebhookResults,
     summary="Receive a platform's webhook (SendGrid, Mailgun, Mailchimp, Mandrill, ...)",
-    responses=problem_responses(400, 401, 403, 404, 413, 503),
+    responses=problem_responses(400, 401, 403, 404, 413, 429, 503),
 )
 async def receive_webhook(
     source: str,
@@ -67,6 +68,9 @@ async def receive_webhook(
     See docs/integrations.md for the URL and secret of each platform.
     """
     service.adapter_for(source)
+    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+    if limits is not None:
+        await limits.check_source(source)
     inbound = WebhookRequest(
         method=request.method,
         url=str(request.url),
@@ -78,7 +82,8 @@ async def receive_webhook(
     outcome = await run_in_threadpool(
         service.receive, source, inbound, settings, registry, session_factory
     )
-    metrics.record_ingest(outcome.ingested)
+    metrics.record_ingest(outcome.ingested, source)
+    log_results(outcome.ingested, source)
     return WebhookResults(results=[_answer(item) for item in outcome.results])
 
 

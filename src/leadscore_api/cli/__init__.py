@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from leadscore_api.cli.costs import costs
+from leadscore_api.cli.crm import crm
 from leadscore_api.cli.migrate import migrate
 from leadscore_api.cli.reps import reps
 from leadscore_api.cli.rules import rules
@@ -29,3 +30,4 @@ main.add_command(import_command)
 main.add_command(export_command)
 main.add_command(demo_command)
 main.add_command(costs)
+main.add_command(crm)

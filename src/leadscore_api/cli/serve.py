@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from leadscore_api import logs
 from leadscore_api.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
     from leadscore_api.storage.migrate import upgrade_database
 
     settings = checked_settings()
+    logs.configure(settings.log_format, settings.log_level)
     checked_rulesets(settings)
     checked_directory(settings)
     if not no_migrate:
@@ -91,7 +93,9 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
             port=port,
             workers=workers,
             proxy_headers=True,
-            access_log=settings.access_log,
+            # The access log is the app's own (request id, no query string), in our format.
+            access_log=False,
+            log_config=None,
         )
     else:
         uvicorn.run(
@@ -99,7 +103,9 @@ def serve(host: str, port: int, workers: int, no_migrate: bool) -> None:
             host=host,
             port=port,
             proxy_headers=True,
-            access_log=settings.access_log,
+            # The access log is the app's own (request id, no query string), in our format.
+            access_log=False,
+            log_config=None,
         )
 
 
@@ -108,9 +114,11 @@ def served_app(settings: Settings | None = None) -> FastAPI:
     from leadscore_api.app import create_app
     from leadscore_api.runtime import freeze_startup_objects, reload_on_hangup
 
-    return create_app(
-        settings or load_settings(), lifespan_hooks=[freeze_startup_objects, reload_on_hangup]
-    )
+    if settings is None:
+        # A worker process of `serve --workers N`: its logging is set up afresh.
+        settings = load_settings()
+        logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings, lifespan_hooks=[freeze_startup_objects, reload_on_hangup])
 
 
 def _safe_url(url: str) -> str:

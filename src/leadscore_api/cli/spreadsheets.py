@@ -110,6 +110,7 @@ def import_command(
     click.echo(
         f"{path}: imported {report.imported}, unchanged {report.unchanged},"
         f" rejected {report.rejected}"
+        + (f", skipped {report.erased} of erased people" if report.erased else "")
     )
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 
 import click
 from prometheus_client import CollectorRegistry, start_http_server
 
+from leadscore_api import logs
 from leadscore_api.cli.serve import checked_rulesets, checked_settings
 from leadscore_api.config import Settings
 from leadscore_api.delivery.worker import running_workers
+from leadscore_api.service.crm import running_pull
 from leadscore_api.service.freshness import time_tick
 from leadscore_api.service.jobs import running_jobs
 from leadscore_api.service.rulesets import RulesetRegistry
@@ -43,6 +44,7 @@ async def _run(
                 factory, settings, timer_tick=time_tick(rulesets), registry=registry, **overrides
             ),
             running_jobs(factory, rulesets, settings.job_poll_seconds),
+            running_pull(factory, rulesets, settings),
         ):
             await stop.wait()
     finally:
@@ -66,8 +68,8 @@ async def _run(
 )
 def worker(migrate: bool, concurrency: int, batch_size: int, metrics_port: int | None) -> None:
     """Deliver outbound webhooks, fire time-driven transitions, run re-score jobs (no HTTP API)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = checked_settings()
+    logs.configure(settings.log_format, settings.log_level)
     rulesets = checked_rulesets(settings)
     if migrate:
         from leadscore_api.storage.migrate import upgrade_database

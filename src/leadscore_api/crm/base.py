@@ -184,6 +184,21 @@ class CrmRateLimited(CrmError):
     ``retry_after`` seconds (until the quota's reset for daily quotas)."""
 
 
+class CrmPartialFailure(CrmError):
+    """Some records of a batch failed for a reason that may pass (a locked row, a timeout):
+    the push is worth retrying for them. ``written`` holds the records that did get written
+    (lead id -> record), so that their ids are kept and their messages count as delivered;
+    ``failed`` maps the lead ids to retry to the CRM's message. Records refused for good in
+    the same batch are in the connector's ``last_push_errors``, as for a push that returns."""
+
+    def __init__(
+        self, message: str, *, written: dict[str, RecordRef], failed: dict[str, str]
+    ) -> None:
+        super().__init__(message)
+        self.written = written
+        self.failed = failed
+
+
 class NotificationRejected(Exception):
     """A notification whose signature, token or credentials do not check out (answered 401)."""
 
@@ -225,10 +240,23 @@ class Connector(ABC):
         self.config = config
         self.http = http
         self.tokens = tokens
+        #: Leads of the last ``push`` that the CRM refused for good (an invalid email, a value
+        #: too long): lead id -> the CRM's message. A connector that can tell one record's
+        #: refusal from another's resets it at each push and leaves those leads out of the
+        #: result; the framework sends their messages to the dead letter with that message
+        #: rather than retrying a batch that can never succeed.
+        self.last_push_errors: dict[str, str] = {}
 
     @property
     def field_map(self) -> Mapping[str, str]:
         return self.config.field_map or self.default_field_map
+
+    def check_config(self) -> None:
+        """Raise ValueError naming ``options.<key>`` for a configuration that would be refused
+        when saved but that a running connector tolerates (HubSpot's unknown time zone: the
+        tz database may lose a name a stored connector uses). ``__init__`` raises for the
+        rest. Called once when the configuration is saved, never by the worker."""
+        return None
 
     @abstractmethod
     async def push(
@@ -238,7 +266,9 @@ class Connector(ABC):
 
         ``known`` holds the record stored for a lead earlier (by lead id); others are found by
         email, and created when missing if ``create_missing``. Returns the record of every lead
-        written (a lead neither found nor created is left out).
+        written (a lead neither found nor created is left out; so is a lead the CRM refused,
+        listed in ``last_push_errors``). Raises ``CrmPartialFailure`` when some records failed
+        for a passing reason while others were written.
         """
 
     @abstractmethod

@@ -264,6 +264,13 @@ class HubSpotConnector(Connector):
         )
         self.base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
 
+    def check_config(self) -> None:
+        if self.time_zone_problem is not None:
+            zone = self.config.options.get("time_zone")
+            raise ValueError(
+                f"options.time_zone: {zone!r} is not an IANA time zone (e.g. Europe/Rome)"
+            )
+
     # -- the wire -----------------------------------------------------------------------
 
     def _token(self) -> str:

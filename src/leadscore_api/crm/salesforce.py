@@ -40,6 +40,7 @@ from leadscore_api.crm.base import (
     Connector,
     ConnectorConfig,
     CrmError,
+    CrmPartialFailure,
     CrmRateLimited,
     HandoverTask,
     InboundRequest,
@@ -95,19 +96,6 @@ _FIELD_METADATA: Mapping[str, Mapping[str, Any]] = {
 }
 
 
-class CrmPartialFailure(CrmError):
-    """Some records of a batch failed for a reason that may pass (a locked row): the batch is
-    worth retrying. ``written`` holds the records that did get written, so that a caller that
-    knows this class can keep their ids; ``failed`` maps lead ids to Salesforce's error."""
-
-    def __init__(
-        self, message: str, *, written: dict[str, RecordRef], failed: dict[str, str]
-    ) -> None:
-        super().__init__(message)
-        self.written = written
-        self.failed = failed
-
-
 class SalesforceConnector(Connector):
     kind = "salesforce"
     max_batch = 200
@@ -147,8 +135,6 @@ class SalesforceConnector(Connector):
         self.task_status = str(options.get("task_status", "Not Started"))
         self.task_priority = str(options.get("task_priority", "High"))
         self._refresh_lock = asyncio.Lock()
-        #: Lead id -> Salesforce's error, for records of the last push that failed for good.
-        self.last_push_errors: dict[str, str] = {}
 
     # -- OAuth and the one place every call goes through --------------------------------------
 

@@ -83,7 +83,7 @@ def address_problem(address: IPAddress) -> str | None:
     if address.is_multicast:
         return "multicast"
     if address.is_unspecified or address.is_reserved or not address.is_global:
-        return "not a public address"
+        return "non-public"
     return None
 
 

@@ -36,8 +36,9 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api import __version__
+from leadscore_api import __version__, logs
 from leadscore_api.config import Settings
+from leadscore_api.delivery.crm import CrmDispatcher, CrmOptions
 from leadscore_api.delivery.schedule import next_delay, parse_retry_after
 from leadscore_api.delivery.signer import canonical_body, signature_headers
 from leadscore_api.delivery.ssrf import UnsafeTargetError, checked_target
@@ -398,7 +399,8 @@ class DeliveryWorker:
         sub.disabled_reason = reason
         sub.disabled_at = now
         self.metrics.disabled.labels(label).inc()
-        log.warning("subscription %s (%s) disabled: %s", sub.id, sub.url, reason)
+        # Never the whole URL: it may carry user:password@ or a token in its query.
+        log.warning("subscription %s (%s) disabled: %s", sub.id, logs.safe_url(sub.url), reason)
 
     # -- loop --------------------------------------------------------------------------------
 
@@ -475,7 +477,8 @@ async def running_workers(
     registry: CollectorRegistry | None = None,
     **overrides: Any,
 ) -> AsyncIterator[DeliveryWorker]:
-    """Run the delivery loop (and the timer loop when given) for the duration of the block.
+    """Run the delivery loop, the CRM dispatcher (``delivery/crm.py``) and the timer loop (when
+    given) for the duration of the block.
 
     This is what ``leadscore serve`` enters in its lifespan when ``LEADSCORE_RUN_WORKER`` is
     true, and what ``leadscore worker`` runs alone. On exit the current round is allowed to
@@ -487,7 +490,21 @@ async def running_workers(
         metrics=DeliveryMetrics(registry),
     )
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(worker.run(stop), name="leadscore-delivery")]
+    crm = CrmDispatcher(
+        session_factory,
+        CrmOptions(
+            allow_private_targets=worker.options.allow_private_targets,
+            retry_delays=worker.options.retry_delays,
+            timeout_seconds=worker.options.timeout_seconds,
+            poll_seconds=worker.options.poll_seconds,
+            wake_on_commit=worker.options.wake_on_commit,
+        ),
+        dead_letters=worker.metrics.dead_letters,
+    )
+    tasks = [
+        asyncio.create_task(worker.run(stop), name="leadscore-delivery"),
+        asyncio.create_task(crm.run(stop), name="leadscore-crm"),
+    ]
     if timer_tick is not None:
         tasks.append(
             asyncio.create_task(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from leadscore_api.ingest.storable import check_identifier, check_storable
 
 #: Types the bundled rulesets know. Others are accepted, stored, and score nothing.
 KNOWN_EVENT_TYPES = frozenset(
@@ -35,11 +40,38 @@ KNOWN_EVENT_TYPES = frozenset(
 
 
 def normalise_email(email: str) -> str:
-    """Identity key for an email: trimmed and lower-cased.
+    """The identity key of an email address, so that one person is one lead however it is typed.
 
-    Local parts are case-sensitive in theory and case-insensitive in practice.
+    Checked and normalised by ``email-validator``: trimmed, Unicode NFC, the domain lower-cased
+    and run through IDNA (UTS #46), so ``anna@Müller.de`` and its ASCII form
+    ``anna@xn--mller-kva.de`` give the same key. The key keeps the domain in its Unicode form,
+    the one people read in a CRM. The local part is lower-cased too (``str.lower``, not
+    ``casefold``, which would also turn ``ß`` into ``ss`` and join two mailboxes): local parts
+    are case-sensitive in theory and case-insensitive at every mail provider in practice.
+
+    Raises ``ValueError`` naming what is wrong when it is not an email address; syntax only,
+    no DNS lookup. Special-use domains (``.test``, ``.local``, ``.invalid``...) cannot receive
+    mail and are refused.
     """
-    return email.strip().lower()
+    return _normalise(email.strip())
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalise(email: str) -> str:
+    # Cached: one person's events repeat one address, and the check costs ~30 µs.
+    try:
+        checked = validate_email(
+            email,
+            check_deliverability=False,
+            allow_smtputf8=True,
+            allow_quoted_local=False,
+            allow_domain_literal=False,
+            allow_display_name=False,
+        )
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not an email address: {exc}") from None
+    local = unicodedata.normalize("NFC", checked.local_part.lower())
+    return f"{local}@{checked.domain}"
 
 
 class LeadRef(BaseModel):
@@ -55,17 +87,15 @@ class LeadRef(BaseModel):
     def _email_shape(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = normalise_email(value)
-        local, sep, domain = value.partition("@")
-        if not sep or not local or "." not in domain or " " in value:
-            raise ValueError("is not an email address")
-        return value
+        check_identifier(value)
+        return normalise_email(value)
 
     @field_validator("external_id")
     @classmethod
     def _external_id(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
+        check_identifier(value)
         return value.strip() if value is not None else None
 
     @model_validator(mode="after")
@@ -90,6 +120,25 @@ class CanonicalEvent(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     attributes: dict[str, Any] = Field(default_factory=dict)
     raw: Any = Field(default=None, description="The platform's own payload, kept for audit.")
+
+    @field_validator("id", "source")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        return check_identifier(value)
+
+    @field_validator("properties", "attributes", "raw")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return check_storable(value)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        # Pydantic would read a number as Unix seconds and ``true`` as 1970: a time sent as
+        # anything but text is a client's mistake, not a time (adapters pass datetimes).
+        if isinstance(value, str | datetime):
+            return value
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-11-20T10:00:00Z")
 
     @field_validator("occurred_at")
     @classmethod

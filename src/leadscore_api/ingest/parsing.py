@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from leadscore_api.errors import InvalidInput, describe_validation, summarise
 from leadscore_api.ingest.events import CanonicalEvent
+from leadscore_api.ingest.storable import printable_id
 
 
 @dataclass
@@ -30,8 +31,8 @@ def parse_event(data: object) -> IngestItem:
     """A canonical event, or an ``EventError`` whose message names the bad field(s)."""
     event_id = data.get("id") if isinstance(data, dict) else None
     event_type = data.get("type") if isinstance(data, dict) else None
-    safe_id = event_id if isinstance(event_id, str) else None
-    safe_type = event_type if isinstance(event_type, str) else None
+    safe_id = printable_id(event_id)
+    safe_type = printable_id(event_type)
     if not isinstance(data, dict):
         return EventError(safe_id, "event: must be a JSON object")
     try:

@@ -33,6 +33,7 @@ SCOPES: tuple[str, ...] = (
     "webhooks:admin",
     "keys:admin",
     "reps:admin",
+    "crm:admin",
 )
 KEY_PREFIX = "lsk"
 ADMIN_KEY_ID = "admin"
@@ -107,8 +108,11 @@ def revoke_key(session_factory: sessionmaker[Session], key_id: str) -> ApiKey:
 
 
 def admin_principal(presented: str, admin_key: str | None) -> Principal | None:
-    """The bootstrap admin, if ``presented`` is ``LEADSCORE_ADMIN_API_KEY`` (constant-time)."""
-    if admin_key and hmac.compare_digest(presented.encode("utf-8"), admin_key.encode("utf-8")):
+    """The bootstrap admin, if ``presented`` is ``LEADSCORE_ADMIN_API_KEY`` (constant-time).
+
+    The digests are compared, not the keys: equal lengths, so not even the key's length shows.
+    """
+    if admin_key and hmac.compare_digest(hash_key(presented), hash_key(admin_key)):
         return Principal(
             key_id=ADMIN_KEY_ID, name="LEADSCORE_ADMIN_API_KEY", scopes=frozenset(SCOPES)
         )

@@ -120,7 +120,11 @@ def current(
         name = "LEADSCORE_ADMIN_API_KEY"
     else:
         key = api_keys_repo.get(session, row.key_id)
-        if key is None or key.revoked_at is not None or key.key_hash != row.key_sha256:
+        if (
+            key is None
+            or key.revoked_at is not None
+            or not hmac.compare_digest(key.key_hash, row.key_sha256)
+        ):
             return None
         name = key.name
     principal = Principal(key_id=row.key_id, name=name, scopes=frozenset(row.scopes))

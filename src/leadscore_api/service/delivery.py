@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api.delivery.payloads import (
     LEAD_FIELDS,
@@ -132,6 +132,39 @@ def forget_lead(session: Session, lead_id: str) -> int:
     removed = outbox_repo.delete_for_lead(session, lead_id)
     timers_repo.delete_for_lead(session, lead_id)
     return removed
+
+
+def queue_stats(session_factory: sessionmaker[Session]) -> tuple[int, float]:
+    """The outbound queue for /metrics: pending messages, and seconds the oldest due is late."""
+    now = utcnow()
+    with session_factory() as session:
+        depth, oldest = outbox_repo.pending_stats(session, now)
+    lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    return depth, lag
+
+
+def move_queued(session: Session, from_id: str, to_lead: dict[str, Any]) -> int:
+    """A merge: messages still queued about the merged lead now name the surviving one.
+
+    Their ``lead_id`` and the identity inside the payload (``data.lead``: id, email,
+    external_id) become the survivor's, so a receiver files the transition under the person
+    who remains; the figures stay those of the moment the transition happened. The merged
+    lead's timers go: the survivor, re-scored from every event, plans its own. Returns the
+    number of messages moved.
+    """
+    moved = outbox_repo.pending_for_lead(session, from_id)
+    for message in moved:
+        payload = dict(message.payload)
+        data = dict(payload.get("data") or {})
+        lead = dict(data.get("lead") or {})
+        lead.update({name: to_lead.get(name) for name in ("id", "email", "external_id")})
+        data["lead"] = lead
+        payload["data"] = data
+        message.payload = payload
+        message.lead_id = to_lead["id"]
+    timers_repo.delete_for_lead(session, from_id)
+    session.flush()
+    return len(moved)
 
 
 # -- subscriptions -----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ and the unit of work runs the whole request again, which then sees the winner's 
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from leadscore_api import logs
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.ingest.parsing import EventError, IngestItem
 from leadscore_api.scoring import ScoringEvent, Transition
+from leadscore_api.service import tombstones
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.scoring import PendingWrites, score_lead
 from leadscore_api.storage.base import utcnow
@@ -32,6 +35,7 @@ from leadscore_api.storage.repositories import leads as leads_repo
 from leadscore_api.storage.repositories.leads import LeadData, new_lead
 from leadscore_api.storage.unit_of_work import RetryTransaction, in_transaction
 
+_log = logs.get_logger("leadscore.ingest")
 #: How far in the future an event may claim to have happened (clock skew between systems).
 FUTURE_TOLERANCE = timedelta(minutes=5)
 #: CRM outcome events, also kept in ``outcomes`` for KPIs and backtests.
@@ -201,6 +205,7 @@ def ingest_events(
         else:
             fresh.append((index, event))
 
+    fresh = _screen_erased(session, fresh, results)
     if fresh:
         _apply_fresh(session, registry, fresh, results, now, known)
 
@@ -218,6 +223,29 @@ def ingest_events(
         assert result is not None
         out.append(result)
     return out
+
+
+def _screen_erased(
+    session: Session, fresh: list[tuple[int, CanonicalEvent]], results: list[EventResult | None]
+) -> list[tuple[int, CanonicalEvent]]:
+    """Answer the events the erasure tombstone stops; return the others."""
+    verdicts = tombstones.screen(session, [event for _, event in fresh])
+    if not verdicts:
+        return fresh
+    kept: list[tuple[int, CanonicalEvent]] = []
+    for index, event in fresh:
+        verdict = verdicts.get(event.id)
+        if verdict is None:
+            kept.append((index, event))
+            continue
+        results[index] = EventResult(
+            event.id,
+            verdict.status,
+            warning=verdict.reason,
+            type=event.type,
+            unknown_type=not event.known_type,
+        )
+    return kept
 
 
 def _apply_fresh(
@@ -319,6 +347,33 @@ def _amount(properties: dict[str, Any]) -> float | None:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+def log_results(results: Sequence[EventResult], source: str) -> None:
+    """Log what a committed ingest did, naming leads by id (never by email).
+
+    Called after the commit, by the route, so that nothing is logged for a transaction that
+    was rolled back or run again, and every line carries the request's id.
+    """
+    for result in results:
+        if result.transitions:
+            _log.info(
+                "lead transitions",
+                lead_id=result.lead_id,
+                event_id=result.id,
+                transitions=result.transitions,
+                source=source,
+            )
+    if logging.getLogger("leadscore.ingest").isEnabledFor(logging.DEBUG):
+        by_status: dict[str, int] = defaultdict(int)
+        for result in results:
+            by_status[result.status] += 1
+        _log.debug(
+            "events ingested",
+            source=source,
+            counts=dict(by_status),
+            lead_ids=sorted({r.lead_id for r in results if r.lead_id}),
+        )
 
 
 def run_ingest(

@@ -151,10 +151,16 @@ def write_xlsx(read_factory: sessionmaker[Session], filters: LeadFilters, path: 
     sheet = workbook.create_sheet("leads")
     sheet.append(list(COLUMNS))
     count = 0
-    for page in iter_leads(read_factory, filters):
-        for row in page:
-            sheet.append(row)
-            count += 1
+    try:
+        for page in iter_leads(read_factory, filters):
+            for row in page:
+                sheet.append(row)
+                count += 1
+    except BaseException:
+        # A filter refused while reading (a 4xx): end openpyxl's row writer now, which would
+        # otherwise raise into the garbage collector, writing to its closed temporary file.
+        sheet.close()
+        raise
     workbook.save(path)
     return count
 

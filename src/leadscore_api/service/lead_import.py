@@ -231,6 +231,8 @@ class ImportReport:
     imported: int = 0
     unchanged: int = 0
     rejected: int = 0
+    #: Rows about people erased before: an import does not bring them back.
+    erased: int = 0
     #: Rows imported with a remark, e.g. an email and an external id of two different leads
     #: (the row went to the email's lead): ``(row, remark)``, the first 100.
     warnings: list[tuple[int, str]] = field(default_factory=list)
@@ -793,6 +795,9 @@ def import_file(
                 report.imported += 1
             elif result.status == "duplicate":
                 report.unchanged += 1
+            elif result.status == "ignored":
+                report.erased += 1
+                continue
             else:
                 report.rejected += 1
             remark = result.warning or result.error

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from leadscore_api.errors import BadCursor, InvalidInput, LeadNotFound
 from leadscore_api.ingest.events import normalise_email
 from leadscore_api.scoring import LeadState, ScoringEvent
-from leadscore_api.service import delivery, explanations
+from leadscore_api.service import crm_outbox, delivery, explanations, tombstones
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.scoring import PendingWrites, score_lead
 from leadscore_api.storage.base import utcnow
@@ -74,7 +74,10 @@ def list_leads(
 ) -> tuple[list[Lead], str | None]:
     """Leads oldest-updated first, so a CRM syncing with ``updated_since`` never misses one."""
     if filters.email is not None:
-        filters.email = normalise_email(filters.email)
+        try:
+            filters.email = normalise_email(filters.email)
+        except ValueError as exc:
+            raise InvalidInput.field("email", str(exc)) from None
     if filters.external_id is not None:
         filters.external_id = filters.external_id.strip()
     after: tuple[datetime, str] | None = None
@@ -210,7 +213,8 @@ def merge_leads(
     target_id: str,
     other_id: str,
 ) -> LeadData:
-    """Fold ``other`` into ``target``: identities, events, outcomes and history move; re-score.
+    """Fold ``other`` into ``target``: identities, events, outcomes, history and the messages
+    still queued about ``other`` move; re-score.
 
     The target is re-scored by replaying every event of both leads, which is exactly what it
     would have scored had all events named it from the start.
@@ -225,12 +229,20 @@ def merge_leads(
             if wanted not in leads:
                 raise LeadNotFound(wanted)
         target, other = leads[target_id], leads[other_id]
+        crm_outbox.pass_on_merge(session, target_id, other_id, now)
         leads_repo.move_lead_rows(session, other_id, target_id)
         if target.email is None:
             target.email = other.email
         if target.external_id is None:
             target.external_id = other.external_id
         target.created_at = min(target.created_at, other.created_at)
+        delivery.move_queued(
+            session,
+            other_id,
+            {"id": target.id, "email": target.email, "external_id": target.external_id},
+        )
+        # Subscribers heard of the other lead's stages: the merged person is not new to them.
+        target.announced_stages = sorted(set(target.announced_stages) | set(other.announced_stages))
         leads_repo.delete_lead(session, other_id)
         scores = leads_repo.load_scores(session, [target_id]).get(target_id, {})
         pending = PendingWrites()
@@ -242,17 +254,24 @@ def merge_leads(
 
 
 def erase_lead(session_factory: sessionmaker[Session], lead_id: str) -> dict[str, int]:
-    """GDPR erasure: the person's data goes; only anonymous counts stay (``erasures``).
+    """GDPR erasure: the person's data goes; only anonymous counts stay (``erasures``), and the
+    keyed hashes of their identities and event ids (``service/tombstones.py``), so that a retry
+    or a re-import does not bring them back.
 
-    Queued outbound messages about the lead go too: their payloads name the person.
+    Queued outbound messages about the lead go too: their payloads name the person. Each CRM
+    holding a record of the person is asked to erase it (``crm.erase``).
     """
 
     def work(session: Session) -> dict[str, int]:
         lead = _locked(session, lead_id)
+        now = utcnow()
+        tombstones.bury(session, lead.id, now)
         counts = leads_repo.erase_personal_rows(session, lead.id)
         delivery.forget_lead(session, lead.id)
+        # After forget_lead: the erasures carry no lead id, so they are not forgotten with it.
+        crm_outbox.pass_on_erase(session, lead.id, utcnow())
         leads_repo.delete_lead(session, lead.id)
-        leads_repo.record_erasure(session, utcnow(), counts)
+        leads_repo.record_erasure(session, now, counts)
         return counts
 
     return in_transaction(session_factory, work)

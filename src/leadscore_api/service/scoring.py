@@ -25,7 +25,7 @@ from leadscore_api.scoring import (
     Transition,
     transitions_between,
 )
-from leadscore_api.service import reps
+from leadscore_api.service import crm_outbox, reps
 from leadscore_api.service.delivery import enqueue_transitions, lead_view
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.service.timers import plan_timers
@@ -47,6 +47,8 @@ class PendingWrites:
     snapshots: list[dict[str, Any]] = field(default_factory=list)
     #: Whether any subscription is enabled, asked once per request when a transition occurs.
     has_subscriptions: bool | None = None
+    #: The enabled CRM connectors (name, subscription id), asked once per request.
+    crm_targets: crm_outbox.Targets | None = None
 
     def write(self, session: Session) -> None:
         leads_repo.write_leads(session, self.leads)
@@ -99,6 +101,7 @@ def score_lead(
     change to the lead's columns (``models`` included).
     """
     update_ = LeadUpdate(lead=lead)
+    synced_before = crm_outbox.synced_state(lead)
     visible_change = False
     written = 0
     primary_assignee: str | None = None
@@ -212,6 +215,19 @@ def score_lead(
     pending.leads.append(lead)
     for event_id, transitions in update_.transitions.items():
         _enqueue(session, lead, transitions, event_id, primary, registry.primary, pending)
+    if pending.crm_targets is None:
+        pending.crm_targets = crm_outbox.targets(session)
+    if pending.crm_targets:
+        crm_outbox.queue_lead_change(
+            session,
+            pending.crm_targets,
+            lead,
+            changed=is_new or crm_outbox.synced_state(lead) != synced_before,
+            transitions=[t for found in update_.transitions.values() for t in found],
+            result=primary,
+            loaded=registry.primary,
+            now=now,
+        )
     return update_
 
 
@@ -331,7 +347,9 @@ def _record_changes(
         if cause == "time":
             explanation = {**explanation, "because": _time_reason(loaded, before, summary)}
         if is_primary:
-            found = transitions_between(before, step.result, event_id, changed_at)
+            found = _first_crossings(
+                lead, before, transitions_between(before, step.result, event_id, changed_at)
+            )
             if found:
                 update_.transitions.setdefault(event_id, []).extend(found)
         pending.history.append(
@@ -351,6 +369,28 @@ def _record_changes(
         )
         before = summary
         folded = []
+
+
+def _first_crossings(
+    lead: LeadData, before: dict[str, Any] | None, found: list[Transition]
+) -> list[Transition]:
+    """``found`` without the ``lead.<stage>`` transitions subscribers have already been sent.
+
+    The timeline a late event replays may reach a stage later than before, or not at all until
+    a later event; the lead then "reaches" it again, but for the subscribers it is the same
+    crossing. What was announced is remembered on the lead (the stages of its stored summary
+    count too: leads scored before the column existed). ``lead.stage_changed`` still follows
+    the current stage both ways.
+    """
+    announced = set(lead.announced_stages)
+    if before is not None:
+        announced.update(before.get("stages_reached", ()))
+    reached = {t.to_value for t in found if t.to_value and t.type == f"lead.{t.to_value}"}
+    kept = [t for t in found if not (t.type == f"lead.{t.to_value}" and t.to_value in announced)]
+    announced |= reached
+    if announced != set(lead.announced_stages):
+        lead.announced_stages = sorted(announced)
+    return kept
 
 
 def _time_reason(

@@ -30,6 +30,7 @@ from leadscore_api.ingest.sources import (
     WebhookRequest,
 )
 from leadscore_api.ingest.sources.mailgun import body_fingerprint
+from leadscore_api.ingest.storable import printable_id
 from leadscore_api.service.ingestion import EventResult, ingest_events
 from leadscore_api.service.rulesets import RulesetRegistry
 from leadscore_api.storage.base import utcnow
@@ -115,7 +116,7 @@ def _to_ingest(items: Sequence[Item]) -> tuple[list[IngestItem], dict[int, Ignor
         if isinstance(item, Ignored):
             ignored[position] = item
         elif isinstance(item, AdapterError):
-            ingest.append(EventError(item.id, item.error))
+            ingest.append(EventError(printable_id(item.id), item.error))
         else:
             assert isinstance(item, CanonicalEvent)
             ingest.append(item)

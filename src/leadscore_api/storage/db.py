@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from leadscore_api import json_codec
+from leadscore_api.errors import Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Execution option marking a connection that only reads (a deferred BEGIN on SQLite).
@@ -33,6 +34,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url`` with per-backend connection settings."""
     kwargs.setdefault("json_serializer", json_codec.dumps)
     kwargs.setdefault("json_deserializer", json_codec.loads)
+    # A statement's parameters hold emails and payloads: never in an error message or a log.
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = create_engine(
             url,
@@ -134,3 +137,53 @@ def database_problem(session_factory: sessionmaker[Session]) -> str | None:
     except SQLAlchemyError as exc:
         return f"database unreachable: {type(exc).__name__}"
     return None
+
+
+#: How long a client should wait before sending again while the database is away: a restart
+#: or a fail-over takes seconds.
+DATABASE_RETRY_AFTER_SECONDS = 2
+#: PostgreSQL SQLSTATE classes that mean "the server cannot serve you now": 08 connection
+#: exception, 53 insufficient resources (too many connections), 57P0x operator intervention
+#: (shutting down, crash recovery, starting up).
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P0")
+#: SQLite's messages for a database it cannot reach or write now.
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database file", "disk i/o error")
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database cannot be reached now (down, restarting, connection lost).
+
+    Nothing was committed for the request, and events are idempotent on ``id``: the client sends
+    the same request again after ``Retry-After``. A replica recovers by itself once the
+    database is back (connections are checked before use, ``pool_pre_ping``).
+    """
+
+    problem_type = "database-unavailable"
+    title = "Database unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database cannot be reached now; nothing was written, send the request again",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is away rather than that the statement is wrong.
+
+    A lost or refused connection has no SQLSTATE on psycopg; a server shutting down, starting
+    up or out of connections has one of the classes above.
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return str(sqlstate).startswith(_UNAVAILABLE_SQLSTATE_PREFIXES)
+    return exc.orig is not None and (
+        type(exc.orig).__module__.startswith("psycopg")
+        or any(text in str(exc.orig).lower() for text in _SQLITE_UNAVAILABLE)
+    )

@@ -449,6 +449,7 @@ def _wrap(sql: str, params: Any, exc: Exception, dialect: Dialect) -> DBAPIError
         exc,
         dialect.loaded_dbapi.Error,
         dialect=dialect,
+        hide_parameters=True,
         ismulti=isinstance(params, list) and bool(params) and isinstance(params[0], list),
     )
     assert isinstance(wrapped, DBAPIError)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 from leadscore_api.storage import (
+    crm_models,
     dashboard_models,
     delivery_models,
     directory_models,
     lifecycle_models,
     models,
+    privacy_models,
     report_models,
     snapshot_models,
 )
@@ -24,6 +26,8 @@ TABLE_MODULES = (
     report_models,
     snapshot_models,
     dashboard_models,
+    privacy_models,
+    crm_models,
 )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -63,6 +64,12 @@ class Lead(Base):
     #: When time alone may next change the summary (decay, expiry, windows): the freshness
     #: sweep re-scores the leads that are due, found through this column's index.
     next_change_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: Stages whose ``lead.<stage>`` transition was already queued for subscribers. A late
+    #: event replays the lead's timeline and may move, or undo, the moment it reached a stage;
+    #: the subscribers were told once and must not be told again when it is reached anew.
+    announced_stages: Mapped[list[str]] = mapped_column(
+        JSONType, default=list, server_default=text("'[]'")
+    )
 
     __table_args__ = (
         Index("ix_leads_updated_at_id", "updated_at", "id"),

@@ -19,8 +19,10 @@ from urllib.parse import parse_qsl
 from pydantic import ValidationError
 
 from leadscore_api import json_codec
+from leadscore_api.errors import describe_validation, summarise
 from leadscore_api.ingest.events import CanonicalEvent
 from leadscore_api.ingest.signatures import PayloadError
+from leadscore_api.ingest.storable import printable_id
 
 _TYPE_PART = re.compile(r"[^a-z0-9_]+")
 
@@ -168,11 +170,10 @@ def make_event(index: int, **values: Any) -> CanonicalEvent | AdapterError:
     try:
         return CanonicalEvent.model_validate(values)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            location = ".".join(str(part) for part in err["loc"]) or "event"
-            problems.append(f"{location}: {err['msg']}")
-        return AdapterError(index=index, error="; ".join(problems), id=values.get("id"))
+        problems = describe_validation(exc.errors(), default="event", from_request=False)
+        return AdapterError(
+            index=index, error=summarise(problems), id=printable_id(values.get("id"))
+        )
 
 
 def load_json(body: bytes) -> Any:

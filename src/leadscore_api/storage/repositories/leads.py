@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -88,6 +88,7 @@ class LeadData:
     version: int
     next_change_at: datetime | None = None
     team: str | None = None
+    announced_stages: list[str] = field(default_factory=list)
     dirty: bool = False
 
 
@@ -125,6 +126,7 @@ _LEAD_FIELDS = (
     "updated_at",
     "next_change_at",
     "team",
+    "announced_stages",
 )
 _SCORE_FIELDS = ("ruleset_version", "ruleset_sha256", "state", "summary", "updated_at")
 

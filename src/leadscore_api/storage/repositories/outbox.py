@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, event, select, update
+from sqlalchemy import ColumnElement, delete, event, func, select, update
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.delivery_models import (
@@ -72,6 +72,31 @@ def delete_for_lead(session: Session, lead_id: str) -> int:
     session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.message_id.in_(ids)))
     result = session.execute(delete(OutboxMessage).where(OutboxMessage.lead_id == lead_id))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def pending_for_lead(session: Session, lead_id: str) -> list[OutboxMessage]:
+    """The messages about a lead not yet delivered nor given up (locked on PostgreSQL)."""
+    query = select(OutboxMessage).where(
+        OutboxMessage.lead_id == lead_id, OutboxMessage.status == STATUS_PENDING
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return list(session.scalars(query.order_by(OutboxMessage.id)))
+
+
+def pending_stats(session: Session, now: datetime) -> tuple[int, datetime | None]:
+    """How many messages are pending, and the due time of the oldest one due by ``now``.
+
+    Both read the (status, next_attempt_at) index. A message being sent has its due time
+    pushed past the send deadline (its lease), so it is not counted as late.
+    """
+    depth = session.scalar(select(func.count()).where(OutboxMessage.status == STATUS_PENDING))
+    oldest = session.scalar(
+        select(func.min(OutboxMessage.next_attempt_at)).where(
+            OutboxMessage.status == STATUS_PENDING, OutboxMessage.next_attempt_at <= now
+        )
+    )
+    return int(depth or 0), oldest
 
 
 def requeue_values(now: datetime) -> dict[str, Any]:
@@ -183,7 +208,8 @@ def claim_due(
 ) -> list[tuple[str, dict[str, Any], Subscription]]:
     """Lease up to ``limit`` due messages of enabled subscriptions to ``token``.
 
-    Returns (message id, payload, subscription) of each leased message.
+    Returns (message id, payload, subscription) of each leased message. ``crm.*`` messages are
+    not webhooks: the CRM dispatcher (``delivery/crm.py``) claims those.
     """
     query = (
         select(OutboxMessage.id)
@@ -191,6 +217,7 @@ def claim_due(
         .where(
             OutboxMessage.status == STATUS_PENDING,
             OutboxMessage.next_attempt_at <= now,
+            OutboxMessage.event_type.not_like("crm.%"),
             Subscription.enabled.is_(True),
         )
         .order_by(OutboxMessage.next_attempt_at)

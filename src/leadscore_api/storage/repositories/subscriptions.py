@@ -22,7 +22,13 @@ def by_ids(session: Session, ids: set[str]) -> dict[str, Subscription]:
 
 
 def list_all(session: Session, enabled: bool | None = None) -> list[Subscription]:
-    query = select(Subscription).order_by(Subscription.created_at, Subscription.id)
+    """Webhook subscriptions; a CRM connector's own target (``crm://name``) is listed with
+    the connector (``/v1/crm/connectors``), not here."""
+    query = (
+        select(Subscription)
+        .where(Subscription.url.not_like("crm://%"))
+        .order_by(Subscription.created_at, Subscription.id)
+    )
     if enabled is not None:
         query = query.where(Subscription.enabled.is_(enabled))
     return list(session.scalars(query))
