@@ -195,7 +195,11 @@ def service_env(database_url: str) -> dict[str, str]:
         "LEADSCORE_RUN_WORKER": "false",
         "LEADSCORE_ACCESS_LOG": "false",
         "LEADSCORE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
-        "LEADSCORE_DELIVERY_RETRY_DELAYS": ",".join(["0.5", "1"] + ["2"] * 40),
+        # Offsets from the first attempt (not gaps): every 2 s for two minutes, longer than any
+        # receiver outage of the run, so a message is retried through it, never dead-lettered.
+        "LEADSCORE_DELIVERY_RETRY_DELAYS": ",".join(
+            ["0", "0.5", "1"] + [str(2 * i) for i in range(1, 61)]
+        ),
         "LEADSCORE_DELIVERY_TIMEOUT_SECONDS": "3",
         "LEADSCORE_WORKER_POLL_SECONDS": "0.2",
         "PYTHONPATH": str(ROOT),
