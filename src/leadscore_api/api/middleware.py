@@ -7,10 +7,12 @@ the input guard reads a body whole, an API body under the body limit, before its
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
+import secrets
 import time
-import uuid
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -286,6 +288,28 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _access = logs.get_logger("leadscore.access")
 
 
+class _RequestIds:
+    """32 hex digits per request, unique across processes: a random prefix made once per
+    process and a counter. ``uuid4`` would read the kernel's random source on every request, a
+    system call that hands the interpreter lock to the writer thread and then waits up to a
+    switch interval to get it back."""
+
+    def __init__(self) -> None:
+        self.reset()
+        # A forked child must not repeat its parent's ids.
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_new_request_id = _RequestIds()
+
+
 class RequestContextMiddleware:
     """Give each request an id, bind it into every log line, return it, log the request.
 
@@ -309,7 +333,7 @@ class RequestContextMiddleware:
                 if _REQUEST_ID.match(text):
                     request_id = text
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or _new_request_id()
         header = (b"x-request-id", request_id.encode("ascii"))
         start = time.perf_counter()
         status = 500

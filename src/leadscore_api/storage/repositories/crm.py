@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from leadscore_api.storage.crm_models import CrmConnector, CrmRecord
 from leadscore_api.storage.delivery_models import STATUS_PENDING, OutboxMessage
+from leadscore_api.storage.fast_sql import FastStatement
 
 # -- connectors ------------------------------------------------------------------------------
 
@@ -23,14 +24,18 @@ def list_all(session: Session) -> list[CrmConnector]:
     return list(session.scalars(select(CrmConnector).order_by(CrmConnector.name)))
 
 
+#: Asked once per scoring request, so compiled once and run on the DBAPI cursor: through the
+#: ORM this one query cost as much as scoring a single event.
+_FAST_ENABLED_TARGETS = FastStatement(
+    select(CrmConnector.__table__.c.name, CrmConnector.__table__.c.subscription_id)
+    .where(CrmConnector.__table__.c.enabled.is_(True))
+    .order_by(CrmConnector.__table__.c.name)
+)
+
+
 def enabled_targets(session: Session) -> list[tuple[str, str]]:
     """(name, subscription id) of every enabled connector: asked once per scoring request."""
-    rows = session.execute(
-        select(CrmConnector.name, CrmConnector.subscription_id)
-        .where(CrmConnector.enabled.is_(True))
-        .order_by(CrmConnector.name)
-    ).all()
-    return [(name, sub_id) for name, sub_id in rows]
+    return [(name, sub_id) for name, sub_id in _FAST_ENABLED_TARGETS.execute(session, {})]
 
 
 def by_subscription_ids(session: Session, ids: Iterable[str]) -> dict[str, CrmConnector]:
