@@ -146,9 +146,7 @@ def main() -> None:
         print_steps(rulesets, stored_text, batches)
 
 
-def print_steps(
-    rulesets: list[Any], stored: dict[int, dict[str, bytes]], batches: list[Any]
-) -> None:
+def print_steps(rulesets: list[Any], stored: dict[int, dict[str, str]], batches: list[Any]) -> None:
     """Each step of the per-request work, timed apart in process CPU time.
 
     The state goes through its JSON text here, as it does in storage (parse the column, build
