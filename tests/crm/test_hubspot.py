@@ -23,8 +23,9 @@ from leadscore_api.crm.base import (
     NotificationRejected,
     Outcome,
     RecordRef,
+    seconds_until_midnight,
 )
-from leadscore_api.crm.hubspot import HubSpotConnector, seconds_until_midnight
+from leadscore_api.crm.hubspot import HubSpotConnector
 
 T = TypeVar("T")
 HOOK_URL = "https://scores.example.com/v1/crm/hubspot/notifications"
