@@ -426,8 +426,9 @@ def server_cpu_seconds(url: str) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def time_routes(url: str, repeat: int) -> list[Timing]:
-    settings = Settings(
+def bench_settings(url: str) -> Settings:
+    """The service as the bench runs it: the bundled rules, the admin key, no worker."""
+    return Settings(
         _env_file=None,
         database_url=url,
         rules_dir=BUNDLED_RULES_DIR,
@@ -435,7 +436,45 @@ def time_routes(url: str, repeat: int) -> list[Timing]:
         run_worker=False,
         sync_rep_directory=False,
     )
-    app = create_app(settings)
+
+
+def timed(
+    client: TestClient,
+    url: str,
+    repeat: int,
+    route: str,
+    period: str,
+    path: str,
+    params: dict[str, str] | None = None,
+) -> Timing:
+    """``repeat`` calls of ``GET path``: median and best wall time, median CPU of this process,
+    and the database server's CPU per call (PostgreSQL only)."""
+    walls, cpus = [], []
+    server_before = server_cpu_seconds(url)
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        response = client.get(path, params=params)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        assert response.status_code == 200, response.text
+    server_after = server_cpu_seconds(url)
+    server = (
+        (server_after - server_before) / repeat * 1000
+        if server_after is not None and server_before is not None
+        else None
+    )
+    return Timing(
+        route,
+        period,
+        statistics.median(walls) * 1000,
+        min(walls) * 1000,
+        statistics.median(cpus) * 1000,
+        server,
+    )
+
+
+def time_routes(url: str, repeat: int) -> list[Timing]:
+    app = create_app(bench_settings(url))
     today = datetime.now(UTC).date()
     periods = {
         "90 days": {},
@@ -448,30 +487,7 @@ def time_routes(url: str, repeat: int) -> list[Timing]:
                 path = f"/v1/reports/{route}"
                 response = client.get(path, params=params)
                 assert response.status_code == 200, response.text
-                walls, cpus = [], []
-                server_before = server_cpu_seconds(url)
-                for _ in range(repeat):
-                    wall, cpu = time.perf_counter(), time.process_time()
-                    response = client.get(path, params=params)
-                    walls.append(time.perf_counter() - wall)
-                    cpus.append(time.process_time() - cpu)
-                    assert response.status_code == 200, response.text
-                server_after = server_cpu_seconds(url)
-                server = (
-                    (server_after - server_before) / repeat * 1000
-                    if server_after is not None and server_before is not None
-                    else None
-                )
-                timings.append(
-                    Timing(
-                        route,
-                        period,
-                        statistics.median(walls) * 1000,
-                        min(walls) * 1000,
-                        statistics.median(cpus) * 1000,
-                        server,
-                    )
-                )
+                timings.append(timed(client, url, repeat, route, period, path, params))
             if period == "90 days":
                 body = client.get("/v1/reports/kpis", params=params).json()
                 print(f"  cohort of the last 90 days: {body['leads']:,} leads; KPIs:")
@@ -485,16 +501,8 @@ def time_routes(url: str, repeat: int) -> list[Timing]:
 
 def time_dashboard(url: str, repeat: int) -> list[Timing]:
     """The dashboard's first page, as a signed-in browser asks for it, per period."""
-    settings = Settings(
-        _env_file=None,
-        database_url=url,
-        rules_dir=BUNDLED_RULES_DIR,
-        admin_api_key=ADMIN_KEY,
-        run_worker=False,
-        sync_rep_directory=False,
-    )
     timings = []
-    with TestClient(create_app(settings), base_url="http://testserver") as client:
+    with TestClient(create_app(bench_settings(url)), base_url="http://testserver") as client:
         signed = client.post(
             "/dashboard/login",
             data={"key": ADMIN_KEY},
@@ -521,29 +529,8 @@ def time_dashboard(url: str, repeat: int) -> list[Timing]:
                     None,
                 )
             )
-            walls, cpus = [], []
-            server_before = server_cpu_seconds(url)
-            for _ in range(repeat):
-                wall, cpu = time.perf_counter(), time.process_time()
-                response = client.get(path)
-                walls.append(time.perf_counter() - wall)
-                cpus.append(time.process_time() - cpu)
-                assert response.status_code == 200, response.text
-            server_after = server_cpu_seconds(url)
-            server = (
-                (server_after - server_before) / repeat * 1000
-                if server_after is not None and server_before is not None
-                else None
-            )
             timings.append(
-                Timing(
-                    "dashboard page, in use",
-                    f"{days} days",
-                    statistics.median(walls) * 1000,
-                    min(walls) * 1000,
-                    statistics.median(cpus) * 1000,
-                    server,
-                )
+                timed(client, url, repeat, "dashboard page, in use", f"{days} days", path)
             )
     return timings
 

@@ -11,7 +11,7 @@ Problem types are ``urn:leadscore:problem:<type>``; the list is in ``docs/errors
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Self, TypedDict
 
 
 class FieldProblem(TypedDict):
@@ -151,11 +151,12 @@ class InvalidInput(LeadscoreError):
     title = "Invalid request"
 
     @classmethod
-    def field(cls, field: str, message: str) -> InvalidInput:
+    def field(cls, field: str, message: str) -> Self:
+        """One bad field, named alike in ``detail`` and ``errors`` (so are its subclasses')."""
         return cls(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
     @classmethod
-    def fields(cls, errors: Sequence[FieldProblem]) -> InvalidInput:
+    def fields(cls, errors: Sequence[FieldProblem]) -> Self:
         return cls(summarise(errors), errors=errors)
 
 

@@ -7,15 +7,17 @@ import dataclasses
 import importlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from leadscore_api.crm.base import ConnectorConfig
+from leadscore_api.crm.base import Connector, ConnectorConfig, MemoryTokenCache, TokenCache
 from leadscore_api.delivery.crm import CrmDispatcher, CrmOptions
 from leadscore_api.storage.crm_models import CrmRecord
 from leadscore_api.storage.delivery_models import OutboxMessage
@@ -49,6 +51,83 @@ class StandIn(Protocol):
     ) -> tuple[str, dict[str, str], bytes]: ...
 
     def fail_next(self, status: int, times: int = 1, **details: Any) -> None: ...
+
+
+class Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+class Configures(Protocol):
+    def connector_config(self, name: str = ..., **overrides: Any) -> ConnectorConfig: ...
+
+
+S = TypeVar("S", bound=Resettable)
+C = TypeVar("C", bound=Connector)
+C_co = TypeVar("C_co", bound=Connector, covariant=True)
+T = TypeVar("T")
+
+
+def standin_fixtures(
+    start: Callable[[], AbstractContextManager[S]], name: str
+) -> tuple[Callable[[], Iterator[S]], Callable[[S], S]]:
+    """A connector test module's two fixtures: ``served``, its CRM's stand-in started once for
+    the module (starting uvicorn per test would cost more than the tests themselves), and
+    ``name``, the same stand-in reset to a fresh account for each test.
+
+    Use as ``served, hubspot = standin_fixtures(running, "hubspot")`` at module level, with
+    ``running`` from the CRM's module in ``tests/crm/standins``.
+    """
+
+    @pytest.fixture(scope="module", name="served")
+    def served() -> Iterator[S]:
+        with start() as standin:
+            yield standin
+
+    @pytest.fixture(name=name)
+    def fresh(served: S) -> S:
+        served.reset()
+        return served
+
+    return served, fresh
+
+
+class ConnectorRun(Protocol[C_co]):
+    def __call__(
+        self,
+        standin: Configures,
+        action: Callable[[C_co], Awaitable[T]],
+        tokens: TokenCache | None = None,
+        *,
+        config: ConnectorConfig | None = None,
+        **overrides: Any,
+    ) -> T: ...
+
+
+def connector_runner(
+    connector: Callable[[ConnectorConfig, httpx.AsyncClient, TokenCache], C],
+) -> ConnectorRun[C]:
+    """A test module's ``run(standin, action, tokens=None, *, config=None, **overrides)``:
+    ``action`` on a connector with a fresh event loop and HTTP client, as the outbox worker
+    runs one. The connector's config is ``config``, else the stand-in's with ``overrides``;
+    its tokens start empty unless a test hands its cache in (to share it between runs)."""
+
+    def run(
+        standin: Configures,
+        action: Callable[[C], Awaitable[T]],
+        tokens: TokenCache | None = None,
+        *,
+        config: ConnectorConfig | None = None,
+        **overrides: Any,
+    ) -> T:
+        chosen = config or standin.connector_config(**overrides)
+
+        async def main() -> T:
+            async with httpx.AsyncClient(timeout=10) as http:
+                return await action(connector(chosen, http, tokens or MemoryTokenCache()))
+
+        return asyncio.run(main())
+
+    return run
 
 
 def running(kind: str, **options: Any) -> AbstractContextManager[Any]:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from tests.crm.helpers import connector_runner, standin_fixtures
 from tests.crm.standins.hubspot import HubSpotStandIn, running
 from tests.server import free_port
 
@@ -24,38 +23,19 @@ from leadscore_api.crm.base import (
     NotificationRejected,
     Outcome,
     RecordRef,
+    seconds_until_midnight,
 )
-from leadscore_api.crm.hubspot import HubSpotConnector, seconds_until_midnight
+from leadscore_api.crm.hubspot import HubSpotConnector
 
 T = TypeVar("T")
 HOOK_URL = "https://scores.example.com/v1/crm/hubspot/notifications"
 NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[HubSpotStandIn]:
-    with running() as standin:
-        yield standin
+served, hubspot = standin_fixtures(running, "hubspot")
 
 
-@pytest.fixture
-def hubspot(served: HubSpotStandIn) -> HubSpotStandIn:
-    served.reset()
-    return served
-
-
-def run(
-    standin: HubSpotStandIn,
-    action: Callable[[HubSpotConnector], Awaitable[T]],
-    tokens: MemoryTokenCache | None = None,
-    **overrides: Any,
-) -> T:
-    async def main() -> T:
-        async with httpx.AsyncClient(timeout=10) as http:
-            config = standin.connector_config(**overrides)
-            return await action(HubSpotConnector(config, http, tokens or MemoryTokenCache()))
-
-    return asyncio.run(main())
+run = connector_runner(HubSpotConnector)
 
 
 def lead(n: int = 1, **fields: Any) -> LeadSnapshot:

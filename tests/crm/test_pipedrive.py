@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from tests.crm.helpers import connector_runner, standin_fixtures
 from tests.crm.standins.pipedrive import PipedriveStandIn, running
 from tests.server import free_port
 
 from leadscore_api.crm.base import (
-    ConnectorConfig,
     CrmError,
     CrmRateLimited,
     HandoverTask,
@@ -33,33 +31,10 @@ T = TypeVar("T")
 NOTIFY_URL = "https://scores.example.com/v1/crm/pipedrive/notifications"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[PipedriveStandIn]:
-    with running() as stand_in:
-        yield stand_in
+served, pd = standin_fixtures(running, "pd")
 
 
-@pytest.fixture
-def pd(served: PipedriveStandIn) -> PipedriveStandIn:
-    served.reset()
-    return served
-
-
-def run(
-    stand_in: PipedriveStandIn,
-    action: Callable[[PipedriveConnector], Awaitable[T]],
-    *,
-    config: ConnectorConfig | None = None,
-    tokens: MemoryTokenCache | None = None,
-) -> T:
-    async def main() -> T:
-        async with httpx.AsyncClient(timeout=10) as http:
-            connector = PipedriveConnector(
-                config or stand_in.connector_config(), http, tokens or MemoryTokenCache()
-            )
-            return await action(connector)
-
-    return asyncio.run(main())
+run = connector_runner(PipedriveConnector)
 
 
 def lead(

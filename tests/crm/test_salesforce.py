@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from tests.crm.helpers import connector_runner, standin_fixtures
 from tests.crm.standins.salesforce import REP_USER, SalesforceStandIn, running
 
 from leadscore_api.crm import salesforce_outbound as outbound
@@ -31,34 +30,11 @@ NOTIFY_URL = "https://leadscore.example.com/v1/crm/salesforce/notifications"
 API = "/services/data/v62.0"
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[SalesforceStandIn]:
-    with running() as stand_in:
-        yield stand_in
+# ``org``: a fresh org for each test behind the module's two servers (login and instance host).
+served, org = standin_fixtures(running, "org")
 
 
-@pytest.fixture
-def org(servers: SalesforceStandIn) -> SalesforceStandIn:
-    """A fresh org for each test behind the module's two servers (starting uvicorn twice per
-    test would cost more than all the tests' own work)."""
-    servers.reset()
-    return servers
-
-
-def run(
-    org: SalesforceStandIn,
-    work: Callable[[SalesforceConnector], Awaitable[T]],
-    cache: MemoryTokenCache | None = None,
-    **overrides: Any,
-) -> T:
-    """Run ``work`` with a connector on a fresh event loop and client, as the outbox would."""
-
-    async def main() -> T:
-        async with httpx.AsyncClient(timeout=10) as http:
-            config = org.connector_config(**overrides)
-            return await work(SalesforceConnector(config, http, cache or MemoryTokenCache()))
-
-    return asyncio.run(main())
+run = connector_runner(SalesforceConnector)
 
 
 def snapshot(email: str | None, **changes: Any) -> LeadSnapshot:
@@ -687,7 +663,7 @@ def test_exact_calls_for_one_lead_going_new_to_sql_to_won(org: SalesforceStandIn
     )
     task = HandoverTask(new.lead_id, "maria", "Call Anna Rossi within 24 h", "A 92", due)
     cache = MemoryTokenCache()
-    overrides = {"owner_map": {"maria": REP_USER}}
+    overrides: dict[str, Any] = {"owner_map": {"maria": REP_USER}}
 
     async def journey(connector: SalesforceConnector) -> dict[str, Any]:
         first = await connector.push([new], {})

@@ -3,15 +3,14 @@ ends up in the CRM's records."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from tests.crm.helpers import connector_runner, standin_fixtures
 from tests.crm.standins.zoho import CHANNEL_ID, NOTIFICATION_TOKEN, USERS, ZohoStandIn, running
 
 from leadscore_api.crm.base import (
@@ -24,7 +23,6 @@ from leadscore_api.crm.base import (
     NotificationRejected,
     OutcomeType,
     RecordRef,
-    TokenCache,
 )
 from leadscore_api.crm.zoho import ZohoConnector
 
@@ -33,30 +31,10 @@ NOW = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
 NOTIFY_URL = "https://leadscore.example/v1/crm/zoho/notifications"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[ZohoStandIn]:
-    with running() as stand_in:
-        yield stand_in
+served, zoho = standin_fixtures(running, "zoho")
 
 
-@pytest.fixture
-def zoho(served: ZohoStandIn) -> ZohoStandIn:
-    served.reset()
-    return served
-
-
-def run(
-    stand_in: ZohoStandIn,
-    work: Callable[[ZohoConnector], Awaitable[T]],
-    tokens: TokenCache | None = None,
-    **overrides: Any,
-) -> T:
-    async def main() -> T:
-        async with httpx.AsyncClient(timeout=10) as http:
-            config = stand_in.connector_config(**overrides)
-            return await work(ZohoConnector(config, http, tokens or MemoryTokenCache()))
-
-    return asyncio.run(main())
+run = connector_runner(ZohoConnector)
 
 
 def lead(

@@ -5,23 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from leadscore_api.api.deps import ReadSessionDep, RulesAdmin, SessionFactoryDep
+from leadscore_api.api.deps import LiveRegistryDep, ReadSessionDep, RulesAdmin, SessionFactoryDep
 from leadscore_api.api.jobs import EmitWebhooks
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.api.rulesets import Name, Rescore, SwitchOut
 from leadscore_api.service import challenger as service
 from leadscore_api.service import lifecycle
-from leadscore_api.service.rulesets import RulesetRegistry
 
 router = APIRouter(tags=["rulesets"])
-
-
-def _live_registry(request: Request) -> RulesetRegistry:
-    registry: RulesetRegistry = request.app.state.registry
-    return registry
 
 
 class ChallengeOut(BaseModel):
@@ -126,14 +120,14 @@ _PATH = "/v1/rulesets/{name}/challenger"
 )
 def start_challenge(
     _principal: RulesAdmin,
-    request: Request,
+    registry: LiveRegistryDep,
     factory: SessionFactoryDep,
     name: Name,
     version: Annotated[
         int, Query(ge=1, le=2_147_483_647, description="The stored version to challenge with.")
     ],
 ) -> ChallengeOut:
-    return ChallengeOut.of(service.start(factory, _live_registry(request), name, version))
+    return ChallengeOut.of(service.start(factory, registry, name, version))
 
 
 @router.get(
@@ -153,9 +147,9 @@ def get_challenge(_principal: RulesAdmin, session: ReadSessionDep, name: Name) -
     responses=problem_responses(401, 403, 404),
 )
 def stop_challenge(
-    _principal: RulesAdmin, request: Request, factory: SessionFactoryDep, name: Name
+    _principal: RulesAdmin, registry: LiveRegistryDep, factory: SessionFactoryDep, name: Name
 ) -> ChallengeOut:
-    return ChallengeOut.of(service.end(factory, _live_registry(request), name))
+    return ChallengeOut.of(service.end(factory, registry, name))
 
 
 @router.get(
@@ -183,13 +177,13 @@ def challenger_report(
 )
 def promote_challenger(
     _principal: RulesAdmin,
-    request: Request,
+    registry: LiveRegistryDep,
     factory: SessionFactoryDep,
     name: Name,
     rescore: Rescore = False,
     emit_webhooks: EmitWebhooks = False,
 ) -> SwitchOut:
     switch, job = service.promote(
-        factory, _live_registry(request), name, lifecycle.Rescore(rescore, emit_webhooks)
+        factory, registry, name, lifecycle.Rescore(rescore, emit_webhooks)
     )
     return SwitchOut.of(switch, job)

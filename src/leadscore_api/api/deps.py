@@ -46,6 +46,13 @@ async def get_registry(request: Request) -> RulesetRegistry:
     return registry.snapshot()
 
 
+async def get_live_registry(request: Request) -> RulesetRegistry:
+    """The process's own registry, not a request's snapshot: the one to refresh after a
+    switch of versions, so that this replica serves the new one at once."""
+    registry: RulesetRegistry = request.app.state.registry
+    return registry
+
+
 async def get_session_factory(request: Request) -> sessionmaker[Session]:
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
@@ -75,6 +82,7 @@ async def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[RulesetRegistry, Depends(get_registry)]
+LiveRegistryDep = Annotated[RulesetRegistry, Depends(get_live_registry)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

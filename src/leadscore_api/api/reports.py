@@ -7,8 +7,9 @@ other routes answer one part each, over the same period and filters. Definitions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -246,6 +247,15 @@ class SummaryOut(ReportScope):
     channels: list[ChannelOut]
 
 
+def _kpis(report: service.Report) -> list[KpiOut]:
+    return [KpiOut.of(kpi) for kpi in report.kpis]
+
+
+def _matrix(report: service.Report) -> MatrixOut:
+    assert report.matrix is not None
+    return MatrixOut.of(report.matrix)
+
+
 def _funnel(report: service.Report) -> list[FunnelStepOut]:
     return [FunnelStepOut.model_validate(step, from_attributes=True) for step in report.funnel]
 
@@ -274,123 +284,86 @@ def _channels(report: service.Report) -> list[ChannelOut]:
     return [ChannelOut.model_validate(c, from_attributes=True) for c in report.channels]
 
 
+#: How each part of a report is answered; the answer's field has the part's name.
+_RENDER: dict[Part, Callable[[service.Report], Any]] = {
+    "kpis": _kpis,
+    "matrix": _matrix,
+    "funnel": _funnel,
+    "conversion_by_band": _bands,
+    "crossings": _crossings,
+    "channels": _channels,
+}
+
 _RESPONSES = problem_responses(401, 403, 422)
 
 
-def _build(
-    session: ReadSessionDep, registry: RegistryDep, query: ReportFilter, *parts: Part
-) -> service.Report:
-    return service.build_report(session, registry, query, parts)
+def _report_route(
+    path: str,
+    answer: type[ReportScope],
+    parts: tuple[Part, ...],
+    summary: str,
+    description: str | None = None,
+) -> None:
+    """Declare ``GET path``: the report's ``parts`` over the period and filters of the query.
+
+    Every report route is this one shape (same parameters, scope and problems), so it is
+    written once; the endpoint is named after the path's last segment, as the OpenAPI
+    document's ``operationId`` has always been.
+    """
+
+    def endpoint(
+        _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
+    ) -> ReportScope:
+        report = service.build_report(session, registry, query, parts)
+        rendered = {part: _RENDER[part](report) for part in parts}
+        return answer(**ReportScope.of(report).model_dump(), **rendered)
+
+    endpoint.__name__ = endpoint.__qualname__ = path.rsplit("/", 1)[1].replace("-", "_")
+    router.get(
+        path, response_model=answer, summary=summary, description=description, responses=_RESPONSES
+    )(endpoint)
 
 
-@router.get(
+_report_route(
     "/v1/reports/summary",
-    response_model=SummaryOut,
-    summary="Every report of the period in one answer",
-    responses=_RESPONSES,
+    SummaryOut,
+    service.ALL_PARTS,
+    "Every report of the period in one answer",
+    "KPIs, matrix, funnel, conversion by band, crossings per day and channels together.",
 )
-def summary(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> SummaryOut:
-    """KPIs, matrix, funnel, conversion by band, crossings per day and channels together."""
-    report = _build(session, registry, query, *service.ALL_PARTS)
-    assert report.matrix is not None
-    return SummaryOut(
-        **ReportScope.of(report).model_dump(),
-        kpis=[KpiOut.of(kpi) for kpi in report.kpis],
-        matrix=MatrixOut.of(report.matrix),
-        funnel=_funnel(report),
-        conversion_by_band=_bands(report),
-        crossings=_crossings(report),
-        channels=_channels(report),
-    )
-
-
-@router.get(
+_report_route(
     "/v1/reports/kpis",
-    response_model=KpisOut,
-    summary="The six KPIs of the lead-management procedure",
-    responses=_RESPONSES,
+    KpisOut,
+    ("kpis",),
+    "The six KPIs of the lead-management procedure",
+    "Each with its target, measuring frequency and status (met, missed, unknown).",
 )
-def kpis(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> KpisOut:
-    """Each with its target, measuring frequency and status (met, missed, unknown)."""
-    report = _build(session, registry, query, "kpis")
-    return KpisOut(
-        **ReportScope.of(report).model_dump(), kpis=[KpiOut.of(kpi) for kpi in report.kpis]
-    )
-
-
-@router.get(
+_report_route(
     "/v1/reports/matrix",
-    response_model=MatrixReportOut,
-    summary="Leads by letter × score band, with each cell's action",
-    responses=_RESPONSES,
+    MatrixReportOut,
+    ("matrix",),
+    "Leads by letter × score band, with each cell's action",
+    "The cohort's leads by their current letter and score, in the model's matrix.",
 )
-def matrix(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> MatrixReportOut:
-    """The cohort's leads by their current letter and score, in the model's matrix."""
-    report = _build(session, registry, query, "matrix")
-    assert report.matrix is not None
-    return MatrixReportOut(
-        **ReportScope.of(report).model_dump(), matrix=MatrixOut.of(report.matrix)
-    )
-
-
-@router.get(
-    "/v1/reports/funnel",
-    response_model=FunnelOut,
-    summary="Lead → MQL → SQL → opportunity → won",
-    responses=_RESPONSES,
-)
-def funnel(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> FunnelOut:
-    report = _build(session, registry, query, "funnel")
-    return FunnelOut(**ReportScope.of(report).model_dump(), funnel=_funnel(report))
-
-
-@router.get(
+_report_route("/v1/reports/funnel", FunnelOut, ("funnel",), "Lead → MQL → SQL → opportunity → won")
+_report_route(
     "/v1/reports/conversion-by-band",
-    response_model=ConversionByBandOut,
-    summary="Conversion by score band",
-    responses=_RESPONSES,
+    ConversionByBandOut,
+    ("conversion_by_band",),
+    "Conversion by score band",
+    "Leads by the best score they reached, and how many became opportunities and deals.",
 )
-def conversion_by_band(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> ConversionByBandOut:
-    """Leads by the best score they reached, and how many became opportunities and deals."""
-    report = _build(session, registry, query, "conversion_by_band")
-    return ConversionByBandOut(
-        **ReportScope.of(report).model_dump(), conversion_by_band=_bands(report)
-    )
-
-
-@router.get(
+_report_route(
     "/v1/reports/crossings",
-    response_model=CrossingsReportOut,
-    summary="Threshold crossings per day",
-    responses=_RESPONSES,
+    CrossingsReportOut,
+    ("crossings",),
+    "Threshold crossings per day",
+    "Leads entering each stage (from a lower one) per UTC day, every day of the period.",
 )
-def crossings(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> CrossingsReportOut:
-    """Leads entering each stage (from a lower one) per UTC day, every day of the period."""
-    report = _build(session, registry, query, "crossings")
-    return CrossingsReportOut(**ReportScope.of(report).model_dump(), crossings=_crossings(report))
-
-
-@router.get(
+_report_route(
     "/v1/reports/channels",
-    response_model=ChannelsOut,
-    summary="Lead quality and ROI by channel",
-    responses=_RESPONSES,
+    ChannelsOut,
+    ("channels",),
+    "Lead quality and ROI by channel",
+    "Per source: leads, MQL and conversion rates, average best score, revenue, cost, ROI.",
 )
-def channels(
-    _principal: LeadsReader, session: ReadSessionDep, registry: RegistryDep, query: FilterDep
-) -> ChannelsOut:
-    """Per source: leads, MQL and conversion rates, average best score, revenue, cost, ROI."""
-    report = _build(session, registry, query, "channels")
-    return ChannelsOut(**ReportScope.of(report).model_dump(), channels=_channels(report))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from leadscore_api.api.deps import (
+    LiveRegistryDep,
     ReadSessionDep,
     RegistryDep,
     RulesAdmin,
@@ -39,12 +40,6 @@ Rescore = Annotated[
     bool,
     Query(description="Queue a re-score of every lead under the new version (a job)."),
 ]
-
-
-def _live_registry(request: Request) -> RulesetRegistry:
-    """The process's own registry (not a request's snapshot), to refresh after a switch."""
-    registry: RulesetRegistry = request.app.state.registry
-    return registry
 
 
 class RulesetOut(BaseModel):
@@ -170,7 +165,7 @@ def list_rulesets(_principal: RulesAdmin, registry: RegistryDep) -> RulesetList:
 )
 def reload_rulesets(
     _principal: RulesAdmin,
-    request: Request,
+    registry: LiveRegistryDep,
     factory: SessionFactoryDep,
     settings: SettingsDep,
     rescore: Rescore = False,
@@ -186,7 +181,7 @@ def reload_rulesets(
 ) -> ReloadOut:
     report, job = lifecycle.reload(
         factory,
-        _live_registry(request),
+        registry,
         settings,
         lifecycle.Rescore(rescore, emit_webhooks),
         activate=activate,
@@ -266,7 +261,7 @@ def diff_versions(
 )
 def activate(
     _principal: RulesAdmin,
-    request: Request,
+    registry: LiveRegistryDep,
     factory: SessionFactoryDep,
     name: Name,
     version: Annotated[int, Query(ge=1, le=2_147_483_647, description="The version to serve.")],
@@ -274,7 +269,7 @@ def activate(
     emit_webhooks: EmitWebhooks = False,
 ) -> SwitchOut:
     switch, job = lifecycle.activate(
-        factory, _live_registry(request), name, version, lifecycle.Rescore(rescore, emit_webhooks)
+        factory, registry, name, version, lifecycle.Rescore(rescore, emit_webhooks)
     )
     return SwitchOut.of(switch, job)
 
@@ -289,13 +284,13 @@ def activate(
 )
 def rollback(
     _principal: RulesAdmin,
-    request: Request,
+    registry: LiveRegistryDep,
     factory: SessionFactoryDep,
     name: Name,
     rescore: Rescore = False,
     emit_webhooks: EmitWebhooks = False,
 ) -> SwitchOut:
     switch, job = lifecycle.rollback(
-        factory, _live_registry(request), name, lifecycle.Rescore(rescore, emit_webhooks)
+        factory, registry, name, lifecycle.Rescore(rescore, emit_webhooks)
     )
     return SwitchOut.of(switch, job)

@@ -10,9 +10,10 @@ connector testable against a local stand-in of its CRM with nothing but ``httpx`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, tzinfo
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
@@ -197,6 +198,58 @@ class CrmPartialFailure(CrmError):
         super().__init__(message)
         self.written = written
         self.failed = failed
+
+
+def answer_error(
+    message: str,
+    status: int,
+    *,
+    rate_limit_wait: float | None = None,
+    retry_after: float | None = None,
+    transient: Container[int] = (),
+) -> CrmError:
+    """What a CRM's error answer means for the outbox; the same rule for every connector.
+
+    Over a limit, a ``CrmRateLimited`` holds every message of the connector back for
+    ``rate_limit_wait`` seconds: the connector passes it when its CRM says so, since each CRM
+    says it its own way (a status, an error code, a quota header). A server error (5xx, and the
+    CRM's other ``transient`` statuses) may pass, so it is retried, after ``retry_after`` when
+    the CRM named a time. Any other refusal (validation, a bad or revoked credential, a missing
+    scope) would fail again the same way, so it is permanent.
+    """
+    if rate_limit_wait is not None:
+        return CrmRateLimited(message, status=status, retry_after=rate_limit_wait)
+    if status >= 500 or status in transient:
+        return CrmError(message, status=status, retry_after=retry_after)
+    return CrmError(message, status=status, permanent=True)
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """A ``Retry-After`` header as seconds from ``now``: it is either a number of seconds or an
+    HTTP date (RFC 9110); None when it is missing or neither."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def seconds_until_midnight(now: datetime, zone: tzinfo) -> float:
+    """Until the next midnight in ``zone``, at least a second: when a daily API quota resets
+    (HubSpot's in the account's time zone, Pipedrive's in UTC)."""
+    local = now.astimezone(zone)
+    next_day = local.date() + timedelta(days=1)
+    midnight = datetime(next_day.year, next_day.month, next_day.day, tzinfo=zone)
+    return max(1.0, (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
 
 
 class NotificationRejected(Exception):

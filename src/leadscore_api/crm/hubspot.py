@@ -19,7 +19,6 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,7 +30,6 @@ from leadscore_api.crm.base import (
     Connector,
     ConnectorConfig,
     CrmError,
-    CrmRateLimited,
     HandoverTask,
     InboundRequest,
     LeadSnapshot,
@@ -41,6 +39,9 @@ from leadscore_api.crm.base import (
     RecordRef,
     SetupReport,
     TokenCache,
+    answer_error,
+    retry_after_seconds,
+    seconds_until_midnight,
 )
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
@@ -137,31 +138,6 @@ def _epoch_ms(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
-
-
-def seconds_until_midnight(now: datetime, zone: tzinfo) -> float:
-    """Until the next midnight in ``zone``: when HubSpot's daily quota resets (account time)."""
-    local = now.astimezone(zone)
-    next_day = local.date() + timedelta(days=1)
-    midnight = datetime(next_day.year, next_day.month, next_day.day, tzinfo=zone)
-    return max(1.0, (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
-
-
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 def _json(response: httpx.Response) -> Any:
@@ -303,20 +279,14 @@ class HubSpotConnector(Connector):
         status = response.status_code
         if status < 300 or status in ok:
             return response
-        message = f"HubSpot {method} {path} answered {status}: {_error_message(response)}"
-        if status == 429:
-            raise CrmRateLimited(
-                message, status=status, retry_after=self._rate_limit_wait(response)
-            )
-        if status >= 500 or status == 408:
-            raise CrmError(
-                message,
-                status=status,
-                retry_after=_retry_after(response.headers.get("retry-after"), datetime.now(UTC)),
-            )
-        # 400 (validation), 401 (bad or revoked token), 403 (missing scope), 404, 409...:
-        # sending the same request again cannot succeed.
-        raise CrmError(message, status=status, permanent=True)
+        # Every over-limit answer is a 429; a 408 is HubSpot timing out and may pass.
+        raise answer_error(
+            f"HubSpot {method} {path} answered {status}: {_error_message(response)}",
+            status,
+            rate_limit_wait=self._rate_limit_wait(response) if status == 429 else None,
+            retry_after=retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC)),
+            transient=(408,),
+        )
 
     def _rate_limit_wait(self, response: httpx.Response) -> float:
         now = datetime.now(UTC)
@@ -329,7 +299,7 @@ class HubSpotConnector(Connector):
             pass
         if policy.upper() == "DAILY":
             return seconds_until_midnight(now, self.time_zone)
-        waited = _retry_after(response.headers.get("retry-after"), now)
+        waited = retry_after_seconds(response.headers.get("retry-after"), now)
         return SECONDLY_RETRY_SECONDS if waited is None else waited
 
     async def _search(self, object_type: str, body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -16,8 +16,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import httpx
@@ -34,6 +33,8 @@ from leadscore_api.crm.base import (
     Outcome,
     RecordRef,
     SetupReport,
+    retry_after_seconds,
+    seconds_until_midnight,
 )
 
 PERSON = "person"
@@ -61,13 +62,6 @@ def _parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _seconds_to_next_utc_day(now: datetime) -> float:
-    tomorrow = (now.astimezone(UTC) + timedelta(days=1)).replace(
-        hour=0, minute=0, second=0, microsecond=0
-    )
-    return max(1.0, (tomorrow - now).total_seconds())
 
 
 def _int_id(value: str) -> int | str:
@@ -156,16 +150,9 @@ class PipedriveConnector(Connector):
         return {"authorization": f"Bearer {token}"}
 
     def _retry_after(self, response: httpx.Response) -> float:
-        header = response.headers.get("retry-after")
-        if header:
-            try:
-                return max(0.0, float(header))
-            except ValueError:
-                try:
-                    when = parsedate_to_datetime(header)
-                    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-                except (TypeError, ValueError):
-                    pass
+        waited = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
+        if waited is not None:
+            return waited
         reset = response.headers.get("x-ratelimit-reset")
         if reset:
             try:
@@ -191,7 +178,7 @@ class PipedriveConnector(Connector):
             values["daily_requests_left"] = daily
             now = datetime.now(UTC)
             if daily.strip() in ("0", "-0") or daily.strip().startswith("-"):
-                values["daily_exhausted_until"] = now.timestamp() + _seconds_to_next_utc_day(now)
+                values["daily_exhausted_until"] = now.timestamp() + seconds_until_midnight(now, UTC)
             else:
                 values["daily_exhausted_until"] = 0.0
         cached = self.tokens.get()
@@ -222,7 +209,7 @@ class PipedriveConnector(Connector):
         if status == 429:
             daily = response.headers.get("x-daily-requests-left", "").strip()
             if daily == "0" or daily.startswith("-"):
-                retry = _seconds_to_next_utc_day(datetime.now(UTC))
+                retry = seconds_until_midnight(datetime.now(UTC), UTC)
                 raise CrmRateLimited(
                     "Pipedrive daily API budget spent", status=429, retry_after=retry
                 )

@@ -60,9 +60,7 @@ def connector_class(kind: str) -> type[Connector]:
             f"no connector for {kind!r} in this build; available: "
             f"{', '.join(sorted(CONNECTORS)) or 'none'}"
         )
-        raise ConnectorUnavailable(
-            f"kind: {message}", errors=[{"field": "kind", "message": message}]
-        )
+        raise ConnectorUnavailable.field("kind", message)
     return found
 
 

@@ -41,7 +41,6 @@ from leadscore_api.crm.base import (
     ConnectorConfig,
     CrmError,
     CrmPartialFailure,
-    CrmRateLimited,
     HandoverTask,
     InboundRequest,
     LeadSnapshot,
@@ -51,6 +50,7 @@ from leadscore_api.crm.base import (
     RecordRef,
     SetupReport,
     TokenCache,
+    answer_error,
 )
 
 log = logging.getLogger("leadscore.crm.salesforce")
@@ -239,24 +239,22 @@ class SalesforceConnector(Connector):
 
     def _failure(self, status: int, code: str, message: str, method: str, path: str) -> CrmError:
         what = f"Salesforce {method} {path}: {status} {code}: {message}"
-        if code == "REQUEST_LIMIT_EXCEEDED" or status == 429:
-            if "concurrent" in message.lower():
-                return CrmRateLimited(
-                    f"{what} (too many long-running requests at once; retrying in a minute)",
-                    status=status,
-                    retry_after=CONCURRENCY_RETRY_AFTER,
-                )
-            usage = self.tokens.get().get("api_usage")
-            return CrmRateLimited(
-                f"{what} (the org's rolling 24 h API allocation is used up, last reading "
-                f"api-usage={usage}; Salesforce sends no Retry-After, so waiting "
-                f"{self.limit_retry_after:.0f} s before trying again)",
-                status=status,
-                retry_after=self.limit_retry_after,
+        if code != "REQUEST_LIMIT_EXCEEDED" and status != 429:
+            return answer_error(what, status)
+        if "concurrent" in message.lower():
+            return answer_error(
+                f"{what} (too many long-running requests at once; retrying in a minute)",
+                status,
+                rate_limit_wait=CONCURRENCY_RETRY_AFTER,
             )
-        if status >= 500:
-            return CrmError(what, status=status)
-        return CrmError(what, status=status, permanent=True)
+        usage = self.tokens.get().get("api_usage")
+        return answer_error(
+            f"{what} (the org's rolling 24 h API allocation is used up, last reading "
+            f"api-usage={usage}; Salesforce sends no Retry-After, so waiting "
+            f"{self.limit_retry_after:.0f} s before trying again)",
+            status,
+            rate_limit_wait=self.limit_retry_after,
+        )
 
     def _note_usage(self, response: httpx.Response) -> None:
         """Keep the last ``Sforce-Limit-Info: api-usage=N/M`` reading (shared with replicas)."""

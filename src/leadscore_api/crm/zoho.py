@@ -37,6 +37,7 @@ from leadscore_api.crm.base import (
     OutcomeType,
     RecordRef,
     SetupReport,
+    answer_error,
 )
 
 API = "/crm/v8"
@@ -284,18 +285,16 @@ class ZohoConnector(Connector):
             return
         message = body.get("message", "") if isinstance(body, dict) else ""
         detail = f"Zoho {what} answered {status} {code} {message}".strip()
+        wait: float | None = None
         if status == 429 or code == "TOO_MANY_REQUESTS":
             header = response.headers.get("retry-after")
             if header is not None and header.strip().isdigit():
-                retry_after = float(header)
+                wait = float(header)
             elif code == "TOO_MANY_REQUESTS":
-                retry_after = CONCURRENCY_RETRY_SECONDS
+                wait = CONCURRENCY_RETRY_SECONDS
             else:
-                retry_after = CREDITS_RETRY_SECONDS
-            raise CrmRateLimited(detail, status=status, retry_after=retry_after)
-        if status >= 500:
-            raise CrmError(detail, status=status)
-        raise CrmError(detail, status=status, permanent=True)
+                wait = CREDITS_RETRY_SECONDS
+        raise answer_error(detail, status, rate_limit_wait=wait)
 
     # ------------------------------------------------------------------------------- scores out
 

@@ -96,9 +96,7 @@ def _checked_url(url: str, *, allow_private: bool) -> str:
     try:
         return validate_url(url, allow_private=allow_private)
     except UnsafeTargetError as exc:
-        raise UnsafeCrmTarget(
-            f"base_url: {exc}", errors=[{"field": "base_url", "message": str(exc)}]
-        ) from exc
+        raise UnsafeCrmTarget.field("base_url", str(exc)) from exc
 
 
 def get_connector(session: Session, name: str) -> CrmConnector:

@@ -186,9 +186,7 @@ def checked_url(url: str, *, allow_private: bool) -> str:
     try:
         return validate_url(url, allow_private=allow_private)
     except UnsafeTargetError as exc:
-        raise UnsafeWebhookTarget(
-            f"url: {exc}", errors=[{"field": "url", "message": str(exc)}]
-        ) from exc
+        raise UnsafeWebhookTarget.field("url", str(exc)) from exc
 
 
 def get_subscription(session: Session, subscription_id: str) -> Subscription:

@@ -202,7 +202,7 @@ class UnreadableFile(InvalidInput):
 
     @classmethod
     def file(cls, message: str) -> UnreadableFile:
-        return cls(f"file: {message}", errors=[{"field": "file", "message": message}])
+        return cls.field("file", message)
 
 
 @dataclass(frozen=True)
