@@ -9,6 +9,7 @@ connector testable against a local stand-in of its CRM with nothing but ``httpx`
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,23 +225,31 @@ def answer_error(
     return CrmError(message, status=status, permanent=True)
 
 
+#: The longest wait a ``Retry-After`` can impose: a CRM's header (or a proxy's mistake) must
+#: not hold a connector's messages back for longer than a day.
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+
+
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     """A ``Retry-After`` header as seconds from ``now``: it is either a number of seconds or an
-    HTTP date (RFC 9110); None when it is missing or neither."""
+    HTTP date (RFC 9110); None when it is missing or neither (``nan``, ``inf`` included). At most
+    :data:`MAX_RETRY_AFTER_SECONDS`."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    if not math.isfinite(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))
 
 
 def seconds_until_midnight(now: datetime, zone: tzinfo) -> float:
