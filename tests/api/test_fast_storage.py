@@ -360,7 +360,7 @@ def test_rows_inserted_together_store_what_sqlalchemy_stored(
         _compare(session, Lead, Lead.id, "lead_a", "lead_c")
         for k in range(3):
             _compare(session, Event, Event.id, f"sa-{k}", f"fast-{k}")
-        fast = session.get(Event, "fast-2")
+        fast = session.get(Event, ("lead_b", "fast-2"))
         assert fast is not None and fast.properties["big"] == 2**64 + 2
 
 
