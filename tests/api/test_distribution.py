@@ -524,3 +524,66 @@ def _send_together(
 ) -> None:
     barrier.wait()
     answers.append(_post(client, *events))
+
+
+# -- the migration keeps the data ----------------------------------------------------------------
+
+_COUNTED = (
+    "leads",
+    "lead_identities",
+    "events",
+    "score_changes",
+    "report_history",
+    "outcomes",
+    "lead_timers",
+    "lead_scores",
+)
+
+
+def _counts(url: str) -> dict[str, int]:
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return {
+                table: int(connection.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+                for table in _COUNTED
+            }
+    finally:
+        engine.dispose()
+
+
+def test_a_database_with_data_moves_to_the_new_keys_and_back(
+    client: TestClient, database_url: str
+) -> None:
+    from alembic import command
+
+    from leadscore_api.storage.migrate import alembic_config
+
+    for person in ("k1@x.it", "k2@x.it"):
+        stream = qualified_stream(person)
+        for item in stream:
+            item["id"] = f"{person}-{item['id']}"
+        stream.append(make_event("deal.won", id=f"{person}-won", email=person, minutes=60))
+        _post(client, *stream)
+    lead_id = client.get("/v1/leads", params={"email": "k1@x.it"}).json()["items"][0]["id"]
+    history = client.get(f"/v1/leads/{lead_id}/history").json()
+    before = _counts(database_url)
+    assert all(before.values()), before
+
+    engine = make_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0013_announced_stages")
+    finally:
+        engine.dispose()
+    assert _counts(database_url) == before
+    upgrade_database(database_url)
+    assert _counts(database_url) == before
+
+    assert client.get(f"/v1/leads/{lead_id}/history").json() == history
+    retry = _post(client, make_event("deal.won", id="k1@x.it-won", email="k1@x.it", minutes=60))
+    assert [(r["status"], r["lead_id"]) for r in retry] == [("duplicate", lead_id)]
+    [fresh] = _post(client, make_event("page.viewed", email="k1@x.it", minutes=70))
+    assert (fresh["status"], fresh["lead_id"]) == ("accepted", lead_id)
