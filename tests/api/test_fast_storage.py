@@ -304,7 +304,8 @@ def test_fast_reads_return_what_the_orm_reads(session_factory: sessionmaker[Sess
         locked = leads_repo.lock_leads(session, ["lead_b", "lead_a", "missing"])
         scores = leads_repo.load_scores(session, ["lead_a", "lead_b"])
         stored, known = leads_repo.lookup(
-            session, ["lead_b-e", "nope"], ["a@x.it", "b@x.it", "c@x.it"], []
+            session,
+            [("lead_b-e", "b@x.it", None), ("nope", "a@x.it", None), ("new", "c@x.it", None)],
         )
         orm_leads = {lead.id: lead for lead in session.scalars(select(Lead))}
         orm_scores = {s.lead_id: s for s in session.scalars(select(LeadScore))}

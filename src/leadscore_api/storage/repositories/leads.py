@@ -12,6 +12,7 @@ and the rows also carry a version number, so a lost update is impossible rather 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -182,11 +183,30 @@ _LOOKUP_IDENTITIES = union_all(
         IDENTITIES_TABLE.c.value.in_(bindparam("externals", expanding=True)),
     ),
 )
-#: Which of the given event ids those leads already have (the events' key: lead id, id).
-_LOOKUP_EVENTS = select(EVENTS_TABLE.c.id, EVENTS_TABLE.c.lead_id).where(
-    EVENTS_TABLE.c.lead_id.in_(bindparam("lead_ids", expanding=True)),
-    EVENTS_TABLE.c.id.in_(bindparam("event_ids", expanding=True)),
-)
+#: Pairs (lead id, event id) per statement when looking for stored events.
+_PAIRS = 250
+
+
+@functools.cache
+def _fast_stored_events(pairs: int) -> FastStatement:
+    """Which of ``pairs`` (lead id ``l<n>``, event id ``e<n>``) are stored: the events' key.
+
+    Spelled as ``OR``-ed pairs, the form every database answers with one key lookup per pair
+    (SQLite turns a row-value ``IN`` into a scan of a temporary table, and ``lead_id IN (...)
+    AND id IN (...)`` makes both databases look up every combination), and the form a
+    distributed database routes to the leads' nodes only. One statement per number of pairs.
+    """
+    c = EVENTS_TABLE.c
+    return FastStatement(
+        select(c.id, c.lead_id).where(
+            or_(
+                *(
+                    and_(c.lead_id == bindparam(f"l{n}"), c.id == bindparam(f"e{n}"))
+                    for n in range(pairs)
+                )
+            )
+        )
+    )
 
 
 # The same statements on the DBAPI cursor (``storage/fast_sql.py``): these run in every ingest.
@@ -210,7 +230,6 @@ _FAST_LOCK_LEADS = FastStatement(_LOCK_LEADS)
 _FAST_LOCK_LEAD = FastStatement(_LOCK_LEAD)
 _FAST_LOAD_SCORES = FastStatement(_LOAD_SCORES)
 _FAST_LOOKUP_IDENTITIES = FastStatement(_LOOKUP_IDENTITIES)
-_FAST_LOOKUP_EVENTS = FastStatement(_LOOKUP_EVENTS)
 
 
 def chunks(values: Sequence[str]) -> Iterable[list[str]]:
@@ -312,38 +331,58 @@ def load_scores(session: Session, lead_ids: Iterable[str]) -> dict[str, dict[str
     return out
 
 
-def lookup(
-    session: Session, event_ids: Sequence[str], emails: Sequence[str], externals: Sequence[str]
-) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
-    """Which event ids are stored (to their lead), and which identities are known (to their lead).
-
-    An event id is unique per lead, and is looked for among the leads that the given
-    identities belong to: a retry names the same person as the original, whose identities
-    lead to the lead that stored it (a merge moves events and identities together; an erased
-    person's event ids are in the tombstone instead). Events of identities seen for the first
-    time cannot be stored yet, so a request of new people costs one statement, as before.
-    """
+def known_identities(
+    session: Session, emails: Sequence[str], externals: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """The lead of each of these identities that is stored, by (kind, value)."""
     known: dict[tuple[str, str], str] = {}
     empty: list[str] = []
     if max(len(emails), len(externals)) <= _CHUNK:
-        rows = _FAST_LOOKUP_IDENTITIES.execute(
-            session, {"emails": list(emails), "externals": list(externals)}
-        )
-        known.update(((kind, value), lead_id) for kind, value, lead_id in rows)
+        parts = [(list(emails), list(externals))]
     else:
-        for chunk in chunks(emails):
-            rows = _FAST_LOOKUP_IDENTITIES.execute(session, {"emails": chunk, "externals": empty})
-            known.update(((kind, value), lead_id) for kind, value, lead_id in rows)
-        for chunk in chunks(externals):
-            rows = _FAST_LOOKUP_IDENTITIES.execute(session, {"emails": empty, "externals": chunk})
-            known.update(((kind, value), lead_id) for kind, value, lead_id in rows)
+        parts = [(chunk, empty) for chunk in chunks(emails)]
+        parts += [(empty, chunk) for chunk in chunks(externals)]
+    for part_emails, part_externals in parts:
+        params = {"emails": part_emails, "externals": part_externals}
+        for kind, value, lead_id in _FAST_LOOKUP_IDENTITIES.execute(session, params):
+            known[(kind, value)] = lead_id
+    return known
+
+
+def lookup(
+    session: Session, events: Sequence[tuple[str, str | None, str | None]]
+) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """For events given as (id, email, external id): which are stored (id to their lead), and
+    which of their identities are known (to their lead).
+
+    An event id is unique per lead, and is looked for with the leads its own identities belong
+    to: a retry names the same person as the original, whose identities lead to the lead that
+    stored it (a merge moves events and identities together; an erased person's event ids are
+    in the tombstone instead). Events of people seen for the first time cannot be stored yet,
+    so a request of new people costs one statement, as before.
+    """
+    emails = sorted({email for _, email, _ in events if email})
+    externals = sorted({external for _, _, external in events if external})
+    known = known_identities(session, emails, externals)
+    pairs = sorted(
+        {
+            (lead_id, event_id)
+            for event_id, email, external in events
+            for lead_id in (
+                known.get((IDENTITY_EMAIL, email)) if email else None,
+                known.get((IDENTITY_EXTERNAL_ID, external)) if external else None,
+            )
+            if lead_id is not None
+        }
+    )
     stored: dict[str, str] = {}
-    lead_ids = sorted(set(known.values()))
-    ids = sorted(set(event_ids))
-    for lead_chunk in chunks(lead_ids):
-        for id_chunk in chunks(ids):
-            params = {"lead_ids": lead_chunk, "event_ids": id_chunk}
-            stored.update(_FAST_LOOKUP_EVENTS.execute(session, params))
+    for start in range(0, len(pairs), _PAIRS):
+        part = pairs[start : start + _PAIRS]
+        params: dict[str, str] = {}
+        for n, (lead_id, event_id) in enumerate(part):
+            params[f"l{n}"] = lead_id
+            params[f"e{n}"] = event_id
+        stored.update(_fast_stored_events(len(part)).execute(session, params))
     return stored, known
 
 
