@@ -7,6 +7,7 @@ from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from leadscore_api.storage.db import make_engine
+from leadscore_api.storage.dialects import include_object_for
 from leadscore_api.storage.metadata import all_tables
 
 config = context.config
@@ -28,6 +29,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=include_object_for(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

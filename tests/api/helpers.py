@@ -67,3 +67,13 @@ def qualified_stream(email: str = "anna.rossi@metalpro.it") -> list[dict[str, An
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def run_as_distributed(app: Any) -> None:
+    """Have ``app`` run the statements it runs on a distributed database (Citus), on any
+    database: each lead locked and each bulk row written in a statement of its own
+    (``storage/distribution.is_distributed``)."""
+    from leadscore_api.storage.distribution import DISTRIBUTED_OPTION
+
+    for factory in (app.state.session_factory, app.state.read_session_factory):
+        factory.configure(bind=factory.kw["bind"].execution_options(**{DISTRIBUTED_OPTION: True}))

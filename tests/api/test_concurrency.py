@@ -24,7 +24,7 @@ from leadscore_api.storage.db import make_engine
 from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import LeadScore
 
-from .helpers import BIG_MANUFACTURER, event
+from .helpers import BIG_MANUFACTURER, event, run_as_distributed
 
 THREADS = 8
 EVENTS_PER_THREAD = 12
@@ -51,10 +51,18 @@ def _build_routes(base: str) -> None:
     assert httpx.get(f"{base}/no-such-route").status_code == 404
 
 
-@pytest.fixture
-def replicas(settings: Settings) -> Iterator[list[str]]:
+@pytest.fixture(params=["one statement", "per lead"])
+def replicas(request: pytest.FixtureRequest, settings: Settings) -> Iterator[list[str]]:
+    """Two replicas; ``per lead``: locking each lead in a statement of its own, as they do on
+    a distributed database (Citus), where PostgreSQL's row locks decide."""
+    if request.param == "per lead" and not settings.database_url.startswith("postgresql"):
+        pytest.skip("per-lead statements are a PostgreSQL (Citus) path; SQLite has one writer")
     upgrade_database(settings.database_url)
-    with Server(create_app(settings)) as first, Server(create_app(settings)) as second:
+    apps = [create_app(settings), create_app(settings)]
+    if request.param == "per lead":
+        for app in apps:
+            run_as_distributed(app)
+    with Server(apps[0]) as first, Server(apps[1]) as second:
         for base in (first, second):
             _build_routes(base)
         yield [first, second]

@@ -133,7 +133,7 @@ def test_unknown_types_are_stored_and_score_nothing(
     after = lead_of(client, first["lead_id"])
     assert after["score"] == before["score"]
     with session_factory() as session:
-        stored = session.get(Event, "weird-1")
+        stored = session.scalars(select(Event).where(Event.id == "weird-1")).one()
         assert stored is not None and stored.type == "chat.started"
 
 
@@ -142,7 +142,7 @@ def test_raw_platform_payload_is_kept(
 ) -> None:
     post(client, event(id="raw-1", raw={"sg_event_id": "abc", "nested": [1, 2]}))
     with session_factory() as session:
-        stored = session.get(Event, "raw-1")
+        stored = session.scalars(select(Event).where(Event.id == "raw-1")).one()
         assert stored is not None
         assert stored.raw == {"sg_event_id": "abc", "nested": [1, 2]}
 

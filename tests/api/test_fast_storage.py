@@ -304,7 +304,8 @@ def test_fast_reads_return_what_the_orm_reads(session_factory: sessionmaker[Sess
         locked = leads_repo.lock_leads(session, ["lead_b", "lead_a", "missing"])
         scores = leads_repo.load_scores(session, ["lead_a", "lead_b"])
         stored, known = leads_repo.lookup(
-            session, ["lead_b-e", "nope"], ["a@x.it", "b@x.it", "c@x.it"], []
+            session,
+            [("lead_b-e", "b@x.it", None), ("nope", "a@x.it", None), ("new", "c@x.it", None)],
         )
         orm_leads = {lead.id: lead for lead in session.scalars(select(Lead))}
         orm_scores = {s.lead_id: s for s in session.scalars(select(LeadScore))}
@@ -360,7 +361,7 @@ def test_rows_inserted_together_store_what_sqlalchemy_stored(
         _compare(session, Lead, Lead.id, "lead_a", "lead_c")
         for k in range(3):
             _compare(session, Event, Event.id, f"sa-{k}", f"fast-{k}")
-        fast = session.get(Event, "fast-2")
+        fast = session.get(Event, ("lead_b", "fast-2"))
         assert fast is not None and fast.properties["big"] == 2**64 + 2
 
 

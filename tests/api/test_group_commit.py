@@ -27,7 +27,7 @@ def _items(*events: dict[str, object]) -> list[IngestItem]:
 
 def _stored(factory: sessionmaker[Session], event_id: str) -> bool:
     with factory() as session:
-        return session.get(Event, event_id) is not None
+        return session.scalar(select(Event.id).where(Event.id == event_id)) is not None
 
 
 def _count(factory: sessionmaker[Session]) -> int:

@@ -11,6 +11,7 @@ from sqlalchemy.pool import NullPool
 
 from leadscore_api.openapi import render
 from leadscore_api.storage.db import make_engine
+from leadscore_api.storage.dialects import include_object_for
 from leadscore_api.storage.metadata import all_tables
 from leadscore_api.storage.migrate import alembic_config, upgrade_database
 
@@ -21,7 +22,12 @@ def _diff(database_url: str) -> list[object]:
     engine = make_engine(database_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            opts = {
+                "compare_type": True,
+                # What the models declare for the other database only is not compared here.
+                "include_object": include_object_for(connection.dialect.name),
+            }
+            context = MigrationContext.configure(connection, opts=opts)
             return list(compare_metadata(context, all_tables()))
     finally:
         engine.dispose()

@@ -436,7 +436,7 @@ def test_an_outcome_without_a_stored_record_finds_the_lead_by_email(
     assert (counts.accepted, counts.duplicate, counts.unknown_person) == (1, 1, 0)
     lead_id = _lead_id(session_factory, email)
     with session_factory() as session:
-        found = session.get(Event, f"crm:{NAME}:call-1")
+        found = session.scalars(select(Event).where(Event.id == f"crm:{NAME}:call-1")).one()
         assert found is not None and found.lead_id == lead_id
 
 

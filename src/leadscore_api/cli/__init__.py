@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from leadscore_api.cli.citus import citus_plan
 from leadscore_api.cli.costs import costs
 from leadscore_api.cli.crm import crm
 from leadscore_api.cli.migrate import migrate
@@ -31,3 +32,4 @@ main.add_command(export_command)
 main.add_command(demo_command)
 main.add_command(costs)
 main.add_command(crm)
+main.add_command(citus_plan)

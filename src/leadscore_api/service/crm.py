@@ -371,7 +371,7 @@ def _lead_for(session: Session, connector: str, outcome: Outcome) -> Lead | None
         lead_id = crm_repo.lead_by_record(session, connector, outcome.record.record_id)
     if lead_id is None and outcome.email:
         email = outcome.email.strip().lower()
-        _, known = leads_repo.lookup(session, [], [email], [])
+        known = leads_repo.known_identities(session, [email], [])
         lead_id = known.get((IDENTITY_EMAIL, email))
     return session.get(Lead, lead_id) if lead_id is not None else None
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from leadscore_api.delivery.crm import ERASE, MERGE, SYNC, TASK
 from leadscore_api.delivery.payloads import rfc3339
 from leadscore_api.scoring import LoadedRuleset, ScoreResult, Transition
+from leadscore_api.storage.crm_models import CrmRecord
 from leadscore_api.storage.delivery_models import OutboxMessage
 from leadscore_api.storage.ids import new_id
 from leadscore_api.storage.repositories import crm as crm_repo
@@ -172,12 +173,12 @@ def pass_on_merge(session: Session, target_id: str, other_id: str, now: datetime
     subscriptions = {name: sub_id for name, sub_id in crm_repo.enabled_targets(session)}
     mine = {r.connector: r for r in crm_repo.records_of_lead(session, target_id)}
     gone: list[int] = []
+    moved: list[CrmRecord] = []
     messages: list[OutboxMessage] = []
     for record in crm_repo.records_of_lead(session, other_id):
         survivor = mine.get(record.connector)
         if survivor is None:
-            record.lead_id = target_id
-            record.updated_at = now
+            moved.append(record)
             continue
         gone.append(record.id)
         sub_id = subscriptions.get(record.connector)
@@ -193,8 +194,8 @@ def pass_on_merge(session: Session, target_id: str, other_id: str, now: datetime
             "merged": {"object_type": record.object_type, "record_id": record.record_id},
         }
         messages.append(_message(sub_id, MERGE, target_id, payload, now))
-    session.flush()
-    crm_repo.delete_records(session, gone)
+    crm_repo.move_records(session, moved, target_id, now)
+    crm_repo.delete_records(session, other_id, gone)
     outbox_repo.add_messages(session, messages)
 
 
@@ -218,6 +219,6 @@ def pass_on_erase(session: Session, lead_id: str, now: datetime) -> int:
         for record in records
         if record.connector in subscriptions
     ]
-    crm_repo.delete_records(session, [record.id for record in records])
+    crm_repo.delete_records(session, lead_id, [record.id for record in records])
     outbox_repo.add_messages(session, messages)
     return len(messages)

@@ -77,12 +77,6 @@ class _Resolution:
     new_identities: list[dict[str, Any]]
 
 
-def _identities(events: Sequence[CanonicalEvent]) -> tuple[list[str], list[str]]:
-    emails = sorted({e.lead.email for e in events if e.lead.email})
-    externals = sorted({e.lead.external_id for e in events if e.lead.external_id})
-    return emails, externals
-
-
 def _resolve_leads(
     session: Session,
     events: Sequence[CanonicalEvent],
@@ -188,9 +182,8 @@ def ingest_events(
         first_index[item.id] = index
         candidates.append((index, item))
 
-    emails, externals = _identities([event for _, event in candidates])
     stored, known = leads_repo.lookup(
-        session, [event.id for _, event in candidates], emails, externals
+        session, [(e.id, e.lead.email, e.lead.external_id) for _, e in candidates]
     )
     fresh: list[tuple[int, CanonicalEvent]] = []
     for index, event in candidates:

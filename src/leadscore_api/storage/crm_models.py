@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from leadscore_api.storage.base import Base, JSONType, utcnow
+from leadscore_api.storage.dialects import sqlite_key
 from leadscore_api.storage.models import BigIntKey
 
 
@@ -68,7 +69,7 @@ class CrmRecord(Base):
 
     __tablename__ = "crm_records"
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntKey, autoincrement=True)
     connector: Mapped[str] = mapped_column(
         String(64), ForeignKey("crm_connectors.name", ondelete="CASCADE")
     )
@@ -79,6 +80,7 @@ class CrmRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
+        sqlite_key("lead_id", "id", sqlite=("id",), name="pk_crm_records"),
         UniqueConstraint("connector", "lead_id", name="uq_crm_records_connector_lead_id"),
         Index("ix_crm_records_connector_record_id", "connector", "record_id"),
         Index("ix_crm_records_lead_id", "lead_id"),

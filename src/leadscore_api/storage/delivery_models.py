@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from leadscore_api.storage.base import Base, JSONType, utcnow
+from leadscore_api.storage.dialects import sqlite_key
 from leadscore_api.storage.models import BigIntKey
 
 STATUS_PENDING = "pending"
@@ -138,7 +139,7 @@ class LeadTimer(Base):
 
     __tablename__ = "lead_timers"
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntKey, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(String(40), ForeignKey("leads.id", ondelete="CASCADE"))
     ruleset_name: Mapped[str] = mapped_column(String(100))
     #: ``sla:<sla id>`` or ``requalify``.
@@ -148,6 +149,7 @@ class LeadTimer(Base):
     fired_at: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
+        sqlite_key("lead_id", "id", sqlite=("id",), name="pk_lead_timers"),
         UniqueConstraint("lead_id", "ruleset_name", "kind", name="uq_lead_timers_lead_id"),
         Index("ix_lead_timers_due_at", "due_at"),
     )

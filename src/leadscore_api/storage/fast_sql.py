@@ -20,6 +20,9 @@ began the transaction through SQLAlchemy (so SQLite's ``BEGIN IMMEDIATE`` and wr
 ``storage/db.py`` still apply). Driver errors are wrapped in SQLAlchemy's exception classes, so
 ``unit_of_work.is_retryable`` sees the same ``IntegrityError``/``OperationalError`` as before.
 Dialects other than pysqlite and psycopg run the statements through SQLAlchemy unchanged.
+
+On a distributed database (Citus, ``storage/distribution.is_distributed``) the bulk writes are
+one statement per row, each naming its lead, instead of one ``unnest`` statement for all rows.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from sqlalchemy.types import TypeEngine
 
 from leadscore_api import json_codec
 from leadscore_api.storage.base import UTCDateTime
+from leadscore_api.storage.distribution import is_distributed
 
 #: A parameter that has no value of its own in the statement (the caller gives it).
 _NO_VALUE = object()
@@ -301,7 +305,11 @@ class FastInsert:
             rows = [{**row, **{name: _default(d) for name, d in defaults}} for row in rows]
         connection = session.connection()
         dialect = connection.dialect
-        if len(rows) > 1 and (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
+        if (
+            len(rows) > 1
+            and (dialect.name, dialect.driver) == ("postgresql", "psycopg")
+            and not is_distributed(session)
+        ):
             self._unnest(connection, dialect, rows)
         else:
             statement.executemany(session, rows)
@@ -412,7 +420,11 @@ class BulkUpdate:
             return 0
         connection = session.connection()
         dialect = connection.dialect
-        if len(rows) == 1 or (dialect.name, dialect.driver) != ("postgresql", "psycopg"):
+        if (
+            len(rows) == 1
+            or (dialect.name, dialect.driver) != ("postgresql", "psycopg")
+            or is_distributed(session)
+        ):
             return self.fallback.executemany(session, rows)
         if len({tuple(row[name] for name in self.key) for row in rows}) < len(rows):
             return self.fallback.executemany(session, rows)

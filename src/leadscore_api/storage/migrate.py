@@ -35,6 +35,15 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
         engine.dispose()
 
 
+def head_revision() -> str:
+    """The newest revision the code ships."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return ScriptDirectory.from_config(config).get_current_head() or ""
+
+
 def migration_status(database_url: str) -> tuple[str | None, str]:
     """The database's current revision (None when it was never migrated) and the code's head.
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -26,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from leadscore_api.storage.base import Base, JSONType, utcnow
+from leadscore_api.storage.dialects import only_on, sqlite_key
 
 #: Auto-increment keys: 64-bit on PostgreSQL, SQLite's rowid alias (which must be INTEGER).
 BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
@@ -89,28 +91,39 @@ class Lead(Base):
 
 
 class LeadIdentity(Base):
-    """One way to recognise a lead (a normalised email or a CRM id); each belongs to one lead."""
+    """One way to recognise a lead (a normalised email or a CRM id); each belongs to one lead.
+
+    Keyed by what it is, not by its lead: ingestion looks an identity up before it knows the
+    lead, so on a distributed database the table is spread by ``value`` and the lookup goes to
+    one node. That is also why ``lead_id`` has no foreign key to ``leads``: rows spread by
+    different columns cannot reference each other. Merges and erasures move or delete the
+    identities of a lead explicitly (``storage/repositories/leads.py``).
+    """
 
     __tablename__ = "lead_identities"
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(20))
     value: Mapped[str] = mapped_column(String(320))
-    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    lead_id: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("kind", "value", name="uq_lead_identities_kind_value"),
+        PrimaryKeyConstraint("kind", "value", name="pk_lead_identities"),
         Index("ix_lead_identities_lead_id", "lead_id"),
     )
 
 
 class Event(Base):
-    """Every accepted event, once (its id is the idempotency key), with the platform payload."""
+    """Every accepted event, once per lead (its id is the idempotency key), with its payload.
+
+    Keyed by (lead id, event id): a retry names the same person, whose identities lead to the
+    same lead, so the key finds it there (``leads.lookup``); and a key that includes the lead
+    id is what a distributed database needs to keep a lead's rows together.
+    """
 
     __tablename__ = "events"
 
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200))
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(String(100))
     known_type: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -122,6 +135,7 @@ class Event(Base):
     raw: Mapped[Any | None] = mapped_column(JSONType, default=None)
 
     __table_args__ = (
+        PrimaryKeyConstraint("lead_id", "id", name="pk_events"),
         Index("ix_events_lead_id_occurred_at_id", "lead_id", "occurred_at", "id"),
         Index("ix_events_type_occurred_at", "type", "occurred_at"),
     )
@@ -151,7 +165,8 @@ class ScoreChange(Base):
 
     __tablename__ = "score_changes"
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    #: Generated, increasing: the history's order and the cursor of its pages.
+    id: Mapped[int] = mapped_column(BigIntKey, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     ruleset_name: Mapped[str] = mapped_column(String(100))
     ruleset_version: Mapped[int] = mapped_column(Integer)
@@ -167,7 +182,11 @@ class ScoreChange(Base):
     current: Mapped[dict[str, Any]] = mapped_column(JSONType)
     explanation: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
-    __table_args__ = (Index("ix_score_changes_lead_id_id", "lead_id", "id"),)
+    __table_args__ = (
+        sqlite_key("lead_id", "id", sqlite=("id",), name="pk_score_changes"),
+        # SQLite's key is the id alone: ``report_history``'s foreign key needs this pair unique.
+        only_on("sqlite", Index("uq_score_changes_lead_id_id", "lead_id", "id", unique=True)),
+    )
 
 
 class Outcome(Base):
@@ -175,7 +194,7 @@ class Outcome(Base):
 
     __tablename__ = "outcomes"
 
-    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntKey, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(40))
@@ -184,8 +203,9 @@ class Outcome(Base):
     amount: Mapped[float | None] = mapped_column(Float, default=None)
 
     __table_args__ = (
-        UniqueConstraint("event_id", name="uq_outcomes_event_id"),
-        Index("ix_outcomes_lead_id", "lead_id"),
+        sqlite_key("lead_id", "id", sqlite=("id",), name="pk_outcomes"),
+        # One outcome per event, as events are unique per lead.
+        UniqueConstraint("lead_id", "event_id", name="uq_outcomes_lead_id_event_id"),
         Index("ix_outcomes_type_occurred_at", "type", "occurred_at"),
     )
 

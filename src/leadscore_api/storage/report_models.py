@@ -19,7 +19,15 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Numeric, String
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from leadscore_api.storage.base import Base, utcnow
@@ -45,9 +53,7 @@ class ReportHistory(Base):
 
     __tablename__ = "report_history"
 
-    change_id: Mapped[int] = mapped_column(
-        BigIntKey, ForeignKey("score_changes.id", ondelete="CASCADE"), primary_key=True
-    )
+    change_id: Mapped[int] = mapped_column(BigIntKey)
     lead_id: Mapped[str] = mapped_column(String(40))
     ruleset_name: Mapped[str] = mapped_column(String(100))
     changed_at: Mapped[datetime]
@@ -60,6 +66,15 @@ class ReportHistory(Base):
     # Every column the reports read, after the range they read by: the index alone answers
     # (SQLite reads it in time order; PostgreSQL with an index-only scan once vacuumed).
     __table_args__ = (
+        PrimaryKeyConstraint("lead_id", "change_id", name="pk_report_history"),
+        # The history row and its copy are one lead's rows: the key includes the lead id on
+        # both sides, so a distributed database keeps them together.
+        ForeignKeyConstraint(
+            ["lead_id", "change_id"],
+            ["score_changes.lead_id", "score_changes.id"],
+            name="fk_report_history_lead_id_score_changes",
+            ondelete="CASCADE",
+        ),
         Index(
             "ix_report_history_ruleset_name_changed_at",
             "ruleset_name",

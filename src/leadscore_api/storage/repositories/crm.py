@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.crm_models import CrmConnector, CrmRecord
@@ -176,6 +176,33 @@ def upsert_record(
     session.flush()
 
 
-def delete_records(session: Session, ids: Sequence[int]) -> None:
+def delete_records(session: Session, lead_id: str, ids: Sequence[int]) -> None:
+    """Some of one lead's records (the key is lead id, id: one node on a distributed database)."""
     if ids:
-        session.execute(delete(CrmRecord).where(CrmRecord.id.in_(list(ids))))
+        session.execute(
+            delete(CrmRecord).where(CrmRecord.lead_id == lead_id, CrmRecord.id.in_(list(ids)))
+        )
+
+
+def move_records(
+    session: Session, records: Sequence[CrmRecord], lead_id: str, now: datetime
+) -> None:
+    """The records now stand for another lead: deleted and inserted under it, not updated,
+    because a distributed database cannot change the lead a row is kept with."""
+    if not records:
+        return
+    rows = [
+        {
+            "connector": record.connector,
+            "lead_id": lead_id,
+            "object_type": record.object_type,
+            "record_id": record.record_id,
+            "created_at": record.created_at,
+            "updated_at": now,
+        }
+        for record in records
+    ]
+    for record in records:
+        session.delete(record)
+    session.flush()
+    session.execute(insert(CrmRecord), rows)

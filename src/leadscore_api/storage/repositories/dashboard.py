@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from leadscore_api.storage.delivery_models import LeadTimer
@@ -74,7 +74,9 @@ def timeline(session: Session, lead_id: str, ruleset_name: str, limit: int) -> l
     """The lead's last ``limit`` changes under one ruleset, with their events' times, oldest first."""
     statement = (
         select(ScoreChange, Event.type, Event.occurred_at)
-        .outerjoin(Event, Event.id == ScoreChange.event_id)
+        .outerjoin(
+            Event, and_(Event.lead_id == ScoreChange.lead_id, Event.id == ScoreChange.event_id)
+        )
         .where(ScoreChange.lead_id == lead_id, ScoreChange.ruleset_name == ruleset_name)
         .order_by(ScoreChange.id.desc())
         .limit(limit)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from leadscore_api.storage.base import Base
 from leadscore_api.storage.directory_models import DIRECTORY_WIDE, SOURCE_FILE, Rep, RepTeam
+from leadscore_api.storage.distribution import is_distributed
 from leadscore_api.storage.models import Lead
 from leadscore_api.storage.unit_of_work import RetryTransaction
 
@@ -159,15 +160,28 @@ def open_lead_count(session: Session, rep_id: str, open_stages: Sequence[str] = 
 def open_leads(
     session: Session, rep_id: str, open_stages: Sequence[str] = OPEN_STAGES
 ) -> list[OwnedLead]:
-    """The rep's open leads, locked in id order (the order ingestion locks leads in)."""
-    rows = session.execute(
-        select(
-            LEADS_TABLE.c.id, LEADS_TABLE.c.version, LEADS_TABLE.c.team, LEADS_TABLE.c.attributes
-        )
-        .where(LEADS_TABLE.c.owner == rep_id, LEADS_TABLE.c.stage.in_(list(open_stages)))
-        .order_by(LEADS_TABLE.c.id)
-        .with_for_update()
+    """The rep's open leads, locked in id order (the order ingestion locks leads in).
+
+    A distributed database locks one lead per statement: the leads are read, then each is
+    locked by its id if it is still the rep's and open.
+    """
+    columns = (
+        LEADS_TABLE.c.id,
+        LEADS_TABLE.c.version,
+        LEADS_TABLE.c.team,
+        LEADS_TABLE.c.attributes,
     )
+    owned = (LEADS_TABLE.c.owner == rep_id, LEADS_TABLE.c.stage.in_(list(open_stages)))
+    query = select(*columns).where(*owned).order_by(LEADS_TABLE.c.id)
+    if not is_distributed(session):
+        rows = list(session.execute(query.with_for_update()))
+    else:
+        rows = []
+        for lead_id in session.scalars(
+            select(LEADS_TABLE.c.id).where(*owned).order_by(LEADS_TABLE.c.id)
+        ).all():
+            lock = select(*columns).where(LEADS_TABLE.c.id == lead_id, *owned).with_for_update()
+            rows.extend(session.execute(lock))
     return [
         OwnedLead(id=row.id, version=row.version, team=row.team, attributes=row.attributes or {})
         for row in rows
