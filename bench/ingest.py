@@ -327,26 +327,29 @@ def create_key(base: str) -> str:
         return key
 
 
+def seed_event(n: int, moment: datetime) -> dict[str, Any]:
+    """Lead ``n``'s first event: a form with the attributes that give it a letter. The same
+    leads for every benchmark that drives these events (``bench/inproc.py`` too)."""
+    return {
+        "id": f"seed-{n}",
+        "type": "form.submitted",
+        "occurred_at": _iso(moment),
+        "lead": {"email": f"lead{n}@bench.example"},
+        "source": "bench",
+        "attributes": {
+            "role": "Responsabile acquisti" if n % 3 else "impiegato",
+            "industry": "manifatturiero",
+            "employees": 250,
+            "annual_revenue_eur": 5_000_000,
+        },
+    }
+
+
 def create_leads(base: str, leads: int, moment: datetime) -> None:
     """Each lead's first event (a form with attributes), in batches of 100, untimed."""
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
         for start in range(0, leads, 100):
-            events = [
-                {
-                    "id": f"seed-{n}",
-                    "type": "form.submitted",
-                    "occurred_at": _iso(moment),
-                    "lead": {"email": f"lead{n}@bench.example"},
-                    "source": "bench",
-                    "attributes": {
-                        "role": "Responsabile acquisti" if n % 3 else "impiegato",
-                        "industry": "manifatturiero",
-                        "employees": 250,
-                        "annual_revenue_eur": 5_000_000,
-                    },
-                }
-                for n in range(start, min(start + 100, leads))
-            ]
+            events = [seed_event(n, moment) for n in range(start, min(start + 100, leads))]
             _post(http, {"events": events})
 
 

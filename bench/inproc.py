@@ -26,6 +26,7 @@ from sqlalchemy import String, cast, create_engine, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from ingest import seed_event
 from leadscore_api.app import create_app
 from leadscore_api.config import BUNDLED_RULES_DIR, Settings
 from leadscore_api.ingest.parsing import parse_body
@@ -108,22 +109,7 @@ def run(url: str, args: argparse.Namespace) -> None:
 
         for first in range(0, args.leads, 100):
             ingest(
-                [
-                    {
-                        "id": f"seed-{n}",
-                        "type": "form.submitted",
-                        "occurred_at": _iso(start),
-                        "lead": {"email": f"lead{n}@bench.example"},
-                        "source": "bench",
-                        "attributes": {
-                            "role": "Responsabile acquisti" if n % 3 else "impiegato",
-                            "industry": "manifatturiero",
-                            "employees": 250,
-                            "annual_revenue_eur": 5_000_000,
-                        },
-                    }
-                    for n in range(first, min(first + 100, args.leads))
-                ],
+                [seed_event(n, start) for n in range(first, min(first + 100, args.leads))],
                 start + timedelta(seconds=1),
             )
         with factory() as session:
