@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from tests.conftest import MakeApiKey, auth
 
-from leadscore_api.api.deps import RequireScope
+from leadscore_api.api.deps import CHECKED_SCOPE_ATTRIBUTE, ENDPOINT_SECURITY, RequireScope
 from leadscore_api.service.api_keys import SCOPES
 
 
@@ -182,6 +182,11 @@ def test_every_route_has_an_access_rule_that_matches_its_code(app: FastAPI) -> N
     for key, route in routes.items():
         declared = ACCESS[key]
         required = _scopes(route.dependant) if isinstance(route, APIRoute) else []
+        checked = getattr(getattr(route, "endpoint", None), CHECKED_SCOPE_ATTRIBUTE, None)
+        if checked is not None:  # the route calls RequireScope.check itself
+            required.append(checked)
+            extra = getattr(route, "openapi_extra", None) or {}
+            assert extra.get("security") == ENDPOINT_SECURITY, (key, "undocumented API key")
         if isinstance(declared, str):
             assert declared in SCOPES, key
             assert required == [declared], (key, required)

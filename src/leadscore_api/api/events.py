@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from leadscore_api import json_codec
-from leadscore_api.api.deps import EventsWriter
+from leadscore_api.api.deps import ENDPOINT_SECURITY, RequireScope, checks_scope
 from leadscore_api.api.metrics import Metrics
 from leadscore_api.api.problems import problem_responses
 from leadscore_api.config import Settings
@@ -18,6 +18,7 @@ from leadscore_api.service.group_commit import GroupCommitter
 from leadscore_api.service.ingestion import EventResult, log_results
 
 router = APIRouter(tags=["events"])
+_EVENTS_WRITE = RequireScope("events:write")
 
 
 class EventResultOut(BaseModel):
@@ -94,10 +95,11 @@ _BODY_SCHEMA = {
     "/v1/events",
     response_model=EventsOut,
     summary="Ingest one event or a batch",
-    openapi_extra={"requestBody": _BODY_SCHEMA},
+    openapi_extra={"requestBody": _BODY_SCHEMA, "security": ENDPOINT_SECURITY},
     responses=problem_responses(400, 401, 403, 413, 422, 503),
 )
-async def post_events(_principal: EventsWriter, request: Request) -> Response:
+@checks_scope(_EVENTS_WRITE)
+async def post_events(request: Request) -> Response:
     """Each event is stored once (its `id` is the idempotency key), scored, and recorded.
 
     Results come back in input order. In a batch an invalid event is `rejected` with an error
@@ -106,7 +108,9 @@ async def post_events(_principal: EventsWriter, request: Request) -> Response:
     # The busiest route of the service: collaborators come from app.state rather than one
     # dependency each, and the answer is encoded directly rather than validated again through
     # the response model (whose schema still documents it), which halved what the framework
-    # cost per single event.
+    # cost per single event. The key is checked by a call rather than a dependency for the
+    # same reason (``RequireScope.check``).
+    await _EVENTS_WRITE.check(request)
     state = request.app.state
     settings: Settings = state.settings
     writer: GroupCommitter = state.ingest_writer

@@ -44,23 +44,33 @@ class _Request:
     future: asyncio.Future[list[EventResult]]
 
 
-def _resolve(
-    request: _Request, results: list[EventResult] | None, error: BaseException | None
-) -> None:
-    """Hand the outcome to the request's event loop (the future is not thread-safe)."""
+_Outcome = tuple[_Request, list[EventResult] | None, BaseException | None]
 
-    def settle() -> None:
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for request, results, error in outcomes:
         if request.future.done():  # the client went away and the request was cancelled
-            return
+            continue
         if error is not None:
             request.future.set_exception(error)
         else:
             assert results is not None
             request.future.set_result(results)
 
-    # A closed loop (RuntimeError) means nobody is waiting any more.
-    with contextlib.suppress(RuntimeError):
-        request.loop.call_soon_threadsafe(settle)
+
+def _resolve(outcomes: list[_Outcome]) -> None:
+    """Hand the outcomes to their requests' event loops (a future is not thread-safe).
+
+    One call per loop for the whole group: each ``call_soon_threadsafe`` wakes the loop, and a
+    group of single events answered one by one paid a wake-up per request.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, settled in by_loop.items():
+        # A closed loop (RuntimeError) means nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, settled)
 
 
 class GroupCommitter:
@@ -158,7 +168,7 @@ class GroupCommitter:
         # the background) never changes the rules in the middle of a batch.
         registry = self.registry.snapshot()
         if len(group) == 1:
-            self._run_alone(group[0], registry)
+            _resolve([self._run_alone(group[0], registry)])
             return
         items: list[IngestItem] = [item for request in group for item in request.items]
         try:
@@ -171,22 +181,23 @@ class GroupCommitter:
                 len(group),
                 type(exc).__name__,
             )
-            for request in group:
-                self._run_alone(request, registry)
+            for request in group:  # each answered as soon as it is done
+                _resolve([self._run_alone(request, registry)])
             return
+        outcomes: list[_Outcome] = []
         start = 0
         for request in group:
             end = start + len(request.items)
-            _resolve(request, results[start:end], None)
+            outcomes.append((request, results[start:end], None))
             start = end
+        _resolve(outcomes)
 
-    def _run_alone(self, request: _Request, registry: RulesetRegistry) -> None:
+    def _run_alone(self, request: _Request, registry: RulesetRegistry) -> _Outcome:
         try:
             results = in_transaction(
                 self.session_factory,
                 lambda session: self._ingest(session, registry, request.items),
             )
         except BaseException as exc:
-            _resolve(request, None, exc)
-            return
-        _resolve(request, results, None)
+            return (request, None, exc)
+        return (request, results, None)
