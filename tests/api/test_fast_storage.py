@@ -243,7 +243,7 @@ def test_fast_updates_store_what_sqlalchemy_stored(
         row_a = {**_lead("lead_a", "a@x.it"), **changed}
         params = {f: row_a[f] for f in leads_repo._LEAD_FIELDS}
         session.connection().execute(
-            leads_repo._FAST_UPDATE_LEADS.statement,
+            leads_repo._lead_update(leads_repo._INDEXED_LEAD_FIELDS).statement,
             [{"b_id": "lead_a", "b_version": 1, "new_version": 2, **params}],
         )
         lead_b = LeadData(**{**_lead("lead_b", "b@x.it"), **changed}, dirty=True)
@@ -408,3 +408,37 @@ def test_fast_inserts_of_many_rows_store_what_sqlalchemy_stored(
                 by_lead[row[0]].append(tuple(row[1:]))
             assert len(by_lead["lead_a"]) == 3
             assert by_lead["lead_a"] == by_lead["lead_b"], model.__name__
+
+
+def test_a_locked_lead_written_back_keeps_every_column_whichever_changed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """On SQLite a lead's update names only the indexed columns that changed since it was
+    read (or last written): what is read back is the object, column for column, either way."""
+    with session_factory() as session, session.begin():
+        leads_repo.insert_leads(session, [LeadData(**_lead("lead_n", "n@x.it"))])
+    steps: list[dict[str, Any]] = [
+        {"score": 43, "updated_at": LATER + timedelta(seconds=1), "components": {"fit": 2.0}},
+        {"tier": "hot", "score": 80, "next_change_at": AT},
+        {"owner": None, "team": None, "letter": "A", "attributes": {"role": "CEO"}},
+        {"owner": "Zoë", "team": "nord", "letter": "B"},
+        {"email": "nuovo@x.it", "external_id": None, "stage": "sql", "next_change_at": None},
+    ]
+    expected = _lead("lead_n", "n@x.it")
+    for number, change in enumerate(steps):
+        with session_factory() as session, session.begin():
+            lead = leads_repo.lock_leads(session, ["lead_n"])["lead_n"]
+            for name, value in change.items():
+                setattr(lead, name, value)
+            lead.dirty = True
+            leads_repo.write_leads(session, [lead])
+            expected.update(change)
+            if number == 2:  # written twice in one transaction, back to the value first read
+                lead.owner, lead.dirty = "Zoë", True
+                leads_repo.write_leads(session, [lead])
+                expected["owner"] = "Zoë"
+        with session_factory() as session:
+            stored = leads_repo.lock_leads(session, ["lead_n"])["lead_n"]
+        expected["version"] = stored.version
+        assert {f: getattr(stored, f) for f in expected} == expected, change
+    assert stored.version == 1 + len(steps) + 1
