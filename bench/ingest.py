@@ -17,7 +17,9 @@ on 127.0.0.1 only, it loads:
    - a late event on a lead with ``--history`` events against an in-order one on the same lead.
 
 For each phase it prints the rate, p50/p99 latency, and the service process's CPU time per
-event (user + system from ``/proc``, so the client's CPU is not counted). Then the same against
+event (user + system from ``/proc``, so the client's CPU is not counted), split between the
+HTTP thread (the event loop) and the others (the group-commit writer, mostly); on PostgreSQL
+also the CPU of the local server's processes per event. Then the same against
 PostgreSQL when ``LEADSCORE_TEST_DATABASE_URL`` is set (its schema ``public`` is dropped and
 recreated first: point it at a scratch database). Asserts nothing; prints figures.
 
@@ -162,6 +164,10 @@ class Phase:
     p99_ms: float
     failed: int
     cpu_seconds: float | None
+    #: CPU seconds of the service's main thread (the event loop: HTTP, parsing, answers).
+    http_cpu_seconds: float | None = None
+    #: CPU seconds of the local PostgreSQL server's processes (None on SQLite).
+    database_cpu_seconds: float | None = None
 
     @property
     def rate(self) -> float:
@@ -173,17 +179,39 @@ class Phase:
             if self.cpu_seconds is not None and self.events
             else ""
         )
+        if cpu and self.http_cpu_seconds is not None:
+            http = self.http_cpu_seconds / self.events * 1e6
+            rest = (self.cpu_seconds or 0.0) / self.events * 1e6 - http
+            cpu += f" (HTTP thread {http:.0f}, writer and other threads {rest:.0f})"
+        if cpu and self.database_cpu_seconds is not None:
+            cpu += f", PostgreSQL server {self.database_cpu_seconds / self.events * 1e6:.0f}"
         return (
             f"  {self.label:<38} {self.rate:>8.0f} events/s   p50 {self.p50_ms:6.1f} ms"
             f"   p99 {self.p99_ms:6.1f} ms{cpu}   ({self.events} events, {self.failed} failed)"
         )
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds of a process (or of one of its threads), from /proc."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
+
+
+def postgres_cpu() -> float:
+    """CPU seconds of every local ``postgres`` process (the server the service talks to, when
+    it runs on this machine; background workers included)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def run_wrk(
@@ -200,6 +228,7 @@ def run_wrk(
     delay_ms: float = 0.0,
     pid: int | None = None,
     key: str = ADMIN_KEY,
+    postgres: bool = False,
 ) -> Phase:
     env = {
         **os.environ,
@@ -222,13 +251,23 @@ def run_wrk(
         base,
     ]
     cpu_before = process_cpu(pid) if pid else None
+    http_before = process_cpu(pid, pid) if pid else None
+    database_before = postgres_cpu() if pid and postgres else None
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     cpu_after = process_cpu(pid) if pid else None
+    http_after = process_cpu(pid, pid) if pid else None
+    database_after = postgres_cpu() if pid and postgres else None
     line = next((row for row in completed.stdout.splitlines() if row.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"wrk printed no result:\n{completed.stdout}\n{completed.stderr}")
     figures = json.loads(line.removeprefix("RESULT "))
     cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    http = http_after - http_before if http_before is not None and http_after is not None else None
+    database = (
+        database_after - database_before
+        if database_before is not None and database_after is not None
+        else None
+    )
     return Phase(
         label,
         figures["requests"] * batch,
@@ -237,6 +276,8 @@ def run_wrk(
         figures["p99_ms"],
         figures["failed"] + figures["socket_errors"],
         cpu,
+        http,
+        database,
     )
 
 
@@ -466,6 +507,7 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             batch=1,
             epoch=start.timestamp() + 1 * day,
             pid=pid,
+            postgres=name == "PostgreSQL",
             **{**common, "run": run + "s"},
         )
         print(single.line())
@@ -493,6 +535,7 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             batch=1,
             epoch=start.timestamp() + 2 * day,
             pid=pid,
+            postgres=name == "PostgreSQL",
             delay_ms=pause,
             **{**common, "run": run + "p"},
         )
@@ -505,6 +548,7 @@ def bench_backend(name: str, database_url: str, workdir: Path, args: argparse.Na
             batch=100,
             epoch=start.timestamp() + 3 * day,
             pid=pid,
+            postgres=name == "PostgreSQL",
             **{**common, "run": run + "b"},
         )
         print(batches.line())
