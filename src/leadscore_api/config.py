@@ -19,6 +19,7 @@ from limits import parse_many
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from leadscore_api.ingest.attributes import parse_field_map
 from leadscore_api.ingest.sources.sendgrid import load_public_key
@@ -124,9 +125,9 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     #: The lowest level written: DEBUG, INFO, WARNING, ERROR or CRITICAL.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    #: Writer threads that run ingest requests together (group commit). One: SQLite has a
-    #: single writer anyway, and on PostgreSQL a second writer measured slower (the two threads
-    #: and the event loop contend for the interpreter; groups got smaller).
+    #: Writer threads that run ingest requests together (group commit). Unset: one on SQLite
+    #: (it has a single writer anyway), two on PostgreSQL, where the second takes a group only
+    #: while a batch's worth of events waits (``service/group_commit.py``).
     ingest_writers: int | None = None
     #: Events one shared ingest transaction takes at most.
     ingest_group_events: int = 1000
@@ -349,7 +350,9 @@ class Settings(BaseSettings):
 
     def writer_threads(self) -> int:
         """Group-commit writers in force (see ``ingest_writers``)."""
-        return self.ingest_writers if self.ingest_writers is not None else 1
+        if self.ingest_writers is not None:
+            return self.ingest_writers
+        return 1 if make_url(self.database_url).get_backend_name() == "sqlite" else 2
 
     def resolved_rules_dir(self) -> Path:
         """The rules folder in force: explicit setting, else ./rules, else the bundled rules."""

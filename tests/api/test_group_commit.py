@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -149,3 +150,69 @@ def test_metrics_show_how_many_requests_shared_each_commit(client: TestClient) -
     }
     assert values["leadscore_ingest_grouped_requests_total"] == 2
     assert 1 <= values["leadscore_ingest_groups_total"] <= 2
+
+
+def test_a_second_writer_runs_a_batchs_worth_while_the_first_is_busy_but_no_single_events(
+    app: FastAPI, client: TestClient
+) -> None:
+    held = threading.Event()
+    release = threading.Event()
+
+    def ingest(
+        session: Session, registry: RulesetRegistry, items: Sequence[IngestItem]
+    ) -> list[EventResult]:
+        # Held before the transaction touches the database, so SQLite's write lock is free.
+        if any(getattr(item, "id", None) == "slow" for item in items):
+            held.set()
+            assert release.wait(30)
+        return ingest_events(session, registry, items)
+
+    committer = _committer(app, writers=2, parallel_events=5, ingest=ingest)
+
+    async def run() -> tuple[bool, bool, list[EventResult], list[EventResult], list[EventResult]]:
+        slow = asyncio.ensure_future(committer.submit(_items(event(id="slow", email="s@gc.it"))))
+        assert await asyncio.to_thread(held.wait, 30)
+        single = asyncio.ensure_future(
+            committer.submit(_items(event(id="single", email="one@gc.it", minutes=1)))
+        )
+        await asyncio.sleep(0.3)
+        single_waited = not single.done()  # one event waiting: left to the busy first writer
+        batch = await asyncio.wait_for(
+            committer.submit(
+                _items(*(event(id=f"b-{n}", email=f"b{n}@gc.it", minutes=n) for n in range(5)))
+            ),
+            30,
+        )
+        # Six events waiting: the second writer ran them, the first is still held.
+        slow_was_held = not slow.done()
+        release.set()
+        return single_waited, slow_was_held, await single, batch, await slow
+
+    try:
+        single_waited, slow_was_held, single, batch, slow = asyncio.run(run())
+    finally:
+        release.set()
+        committer.close()
+    assert single_waited and slow_was_held
+    assert [r.status for r in single + batch + slow] == ["accepted"] * 7
+    assert _count(app.state.read_session_factory) == 7
+    assert committer.groups == 2, "the single event and the batch shared the second writer's group"
+
+
+def test_closing_finishes_what_every_writer_has_waiting(app: FastAPI, client: TestClient) -> None:
+    committer = _committer(app, writers=3, parallel_events=2)
+
+    async def run() -> list[list[EventResult]]:
+        pending = [
+            asyncio.ensure_future(
+                committer.submit(_items(event(id=f"c-{n}", email=f"c{n}@gc.it", minutes=n)))
+            )
+            for n in range(12)
+        ]
+        await asyncio.sleep(0)  # every request queued
+        await asyncio.to_thread(committer.close)
+        return await asyncio.gather(*pending)
+
+    answers = asyncio.run(run())
+    assert [r[0].status for r in answers] == ["accepted"] * 12
+    assert _count(app.state.read_session_factory) == 12
