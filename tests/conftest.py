@@ -2,8 +2,9 @@
 
 Every test that takes ``database_url`` (directly or through ``settings``/``app``/``client``) runs
 once per backend: a fresh SQLite file, and, when ``LEADSCORE_TEST_DATABASE_URL`` is set, the
-PostgreSQL database it names with its ``public`` schema dropped and recreated first. Tests run
-serially, so one PostgreSQL database is enough.
+PostgreSQL database it names with its ``public`` schema dropped and recreated first. The suite
+runs in two processes (pytest-xdist, ``-n 2`` in ``pyproject.toml``), each on a PostgreSQL
+database of its own (``_worker_database``).
 
 Fixtures other suites rely on: ``database_url``, ``settings``, ``app``, ``client`` (admin key),
 ``make_api_key`` (a key with chosen scopes), ``auth`` (the header for a key), ``session_factory``.
@@ -20,6 +21,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -28,7 +30,35 @@ from leadscore_api.config import BUNDLED_RULES_DIR, Settings
 from leadscore_api.storage.migrate import upgrade_database
 
 TEST_ADMIN_KEY = "test-admin-key"
-PG_URL = os.environ.get("LEADSCORE_TEST_DATABASE_URL") or None
+
+
+def _worker_database(url: str | None) -> str | None:
+    """Under pytest-xdist, a database of each worker's own next to the configured one.
+
+    Tests reset schema ``public`` of the database they are given: two workers on one database
+    would drop each other's tables. Each worker gets ``<database>_<worker>`` (created when it is
+    missing, on the same server and with the same user), and the variable is pointed at it so
+    that servers started in subprocesses use it too.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    parsed = make_url(url)
+    name = f"{parsed.database}_{worker}"
+    engine = create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    own = parsed.set(database=name).render_as_string(hide_password=False)
+    os.environ["LEADSCORE_TEST_DATABASE_URL"] = own
+    return own
+
+
+PG_URL = _worker_database(os.environ.get("LEADSCORE_TEST_DATABASE_URL") or None)
 
 _BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
