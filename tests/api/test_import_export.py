@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import tracemalloc
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,6 @@ from tests.conftest import TEST_ADMIN_KEY, MakeApiKey, auth, make_settings
 
 from leadscore_api.app import create_app
 from leadscore_api.cli import main
-from leadscore_api.service.lead_import import ImportOptions, check_file
 from leadscore_api.storage.migrate import upgrade_database
 from leadscore_api.storage.models import Event, Lead
 
@@ -363,6 +364,37 @@ def test_a_chunked_import_counts_every_row(
     assert len(big) == sum(1 for i in range(1, 1201) if i % 300 > 50)
 
 
+#: Checks a file in a process of its own and prints its peak resident memory (Linux's
+#: ``VmHWM``), so that what the
+#: check adds is measured without tracemalloc (which made this test take 100 s instead of 15).
+_CHECK_IN_A_PROCESS = """
+import json, sys
+from pathlib import Path
+from leadscore_api.service.lead_import import ImportOptions, check_file
+out = {}
+if sys.argv[2] == "check":
+    report = check_file(Path(sys.argv[1]), ImportOptions())
+    out = {"rows": report.rows, "errors": [[e.row, e.column] for e in report.errors],
+           "error_count": report.error_count}
+# The peak of this address space (getrusage's maxrss would carry the parent's over exec).
+status = Path("/proc/self/status").read_text()
+out["peak_kib"] = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+print(json.dumps(out))
+"""
+
+
+def _checked_in_a_process(path: Path, mode: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECK_IN_A_PROCESS, str(path), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def test_a_100000_row_file_is_checked_in_bounded_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.csv"
     bad = {5_000, 50_000, 99_999}
@@ -374,23 +406,22 @@ def test_a_100000_row_file_is_checked_in_bounded_memory(tmp_path: Path) -> None:
             email = "dup@x.it" if i in (10, 20) else f"lead{i}@azienda{i % 97}.it"
             writer.writerow([email, "Nome", "CEO", "IT", employees, "1.500.000", "Lazio", ""])
     size = path.stat().st_size
-    tracemalloc.start()
-    try:
-        report = check_file(path, ImportOptions())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert report.rows == 100_000
-    assert report.error_count == 4
-    assert sorted((e.row, e.column) for e in report.errors) == [
+    report = _checked_in_a_process(path, "check")
+    baseline = _checked_in_a_process(path, "imports only")
+    assert report["rows"] == 100_000
+    assert report["error_count"] == 4
+    assert sorted(tuple(e) for e in report["errors"]) == [
         (22, "E-mail"),
         (5_002, "Dipendenti"),
         (50_002, "Dipendenti"),
         (100_001, "Dipendenti"),
     ]
     # What grows with the file is one 16-byte key per identity; the rows are never held.
-    assert peak < 24 * 1024 * 1024, (peak, size)
-    assert peak < size * 3
+    # Measured on 2026-11-27: the check adds ~19 MiB of resident memory for this 5.4 MiB file;
+    # holding its rows as the csv module reads them would add ~57 MiB.
+    grown = (report["peak_kib"] - baseline["peak_kib"]) * 1024
+    assert grown < 32 * 1024 * 1024, (grown, size)
+    assert grown < size * 6
 
 
 def test_cli_import_and_export(tmp_path: Path, database_url: str) -> None:
