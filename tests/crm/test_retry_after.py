@@ -1,5 +1,5 @@
-"""A CRM's ``Retry-After`` header decides how long a connector's messages wait: odd values must
-not hold them back forever or make the wait negative."""
+"""A receiver's ``Retry-After`` header decides how long a CRM connector's or an outbound
+webhook's messages wait: odd values must not hold them back forever or make the wait negative."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from leadscore_api.crm.base import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
+from leadscore_api.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

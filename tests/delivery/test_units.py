@@ -12,7 +12,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from leadscore_api.config import DEFAULT_RETRY_DELAYS
 from leadscore_api.delivery import signer
-from leadscore_api.delivery.schedule import JITTER, next_delay, parse_retry_after
+from leadscore_api.delivery.schedule import JITTER, next_delay
 from leadscore_api.delivery.ssrf import (
     UnsafeTargetError,
     address_problem,
@@ -20,6 +20,7 @@ from leadscore_api.delivery.ssrf import (
     pin,
     validate_url,
 )
+from leadscore_api.retry_after import retry_after_seconds
 
 
 def test_schedule_follows_the_gaps_between_offsets_with_bounded_jitter() -> None:
@@ -52,12 +53,12 @@ def test_retry_after_wins_when_longer() -> None:
 
 def test_parse_retry_after() -> None:
     now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
-    assert parse_retry_after("120", now) == 120
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("", now) is None
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("99999999", now) == 86400
+    assert retry_after_seconds("120", now) == 120
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds("", now) is None
+    assert retry_after_seconds(None, now) is None
+    assert retry_after_seconds("99999999", now) == 86400
 
 
 @pytest.mark.parametrize(

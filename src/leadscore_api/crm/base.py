@@ -9,12 +9,10 @@ connector testable against a local stand-in of its CRM with nothing but ``httpx`
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
@@ -223,33 +221,6 @@ def answer_error(
     if status >= 500 or status in transient:
         return CrmError(message, status=status, retry_after=retry_after)
     return CrmError(message, status=status, permanent=True)
-
-
-#: The longest wait a ``Retry-After`` can impose: a CRM's header (or a proxy's mistake) must
-#: not hold a connector's messages back for longer than a day.
-MAX_RETRY_AFTER_SECONDS = 86_400.0
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """A ``Retry-After`` header as seconds from ``now``: it is either a number of seconds or an
-    HTTP date (RFC 9110); None when it is missing or neither (``nan``, ``inf`` included). At most
-    :data:`MAX_RETRY_AFTER_SECONDS`."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))
 
 
 def seconds_until_midnight(now: datetime, zone: tzinfo) -> float:

@@ -40,9 +40,9 @@ from leadscore_api.crm.base import (
     SetupReport,
     TokenCache,
     answer_error,
-    retry_after_seconds,
     seconds_until_midnight,
 )
+from leadscore_api.retry_after import retry_after_seconds
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 CONTACT = "contacts"

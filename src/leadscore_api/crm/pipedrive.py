@@ -33,9 +33,9 @@ from leadscore_api.crm.base import (
     Outcome,
     RecordRef,
     SetupReport,
-    retry_after_seconds,
     seconds_until_midnight,
 )
+from leadscore_api.retry_after import retry_after_seconds
 
 PERSON = "person"
 OAUTH_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"

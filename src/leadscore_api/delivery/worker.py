@@ -39,9 +39,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from leadscore_api import __version__, logs
 from leadscore_api.config import Settings
 from leadscore_api.delivery.crm import CrmDispatcher, CrmOptions
-from leadscore_api.delivery.schedule import next_delay, parse_retry_after
+from leadscore_api.delivery.schedule import next_delay
 from leadscore_api.delivery.signer import canonical_body, signature_headers
 from leadscore_api.delivery.ssrf import UnsafeTargetError, checked_target
+from leadscore_api.retry_after import retry_after_seconds
 from leadscore_api.storage.base import utcnow
 from leadscore_api.storage.delivery_models import (
     STATUS_DELIVERED,
@@ -256,7 +257,7 @@ class DeliveryWorker:
         response = await client.send(request, stream=True)
         try:
             result.status_code = response.status_code
-            result.retry_after = parse_retry_after(
+            result.retry_after = retry_after_seconds(
                 response.headers.get("retry-after"), result.attempted_at
             )
             kept = bytearray()
